@@ -1,0 +1,27 @@
+"""vchan for Python: Qubes' libvchan API over Unix sockets.
+
+Pythonic API: :func:`server`, :func:`client` and :class:`Vchan`; the C-shaped API is in
+:mod:`vchan.libvchan`. See README.md for a tour.
+"""
+
+from .channel import State, Vchan, client, server
+from .exceptions import (
+    ConnectTimeout,
+    Disconnected,
+    InvalidArgument,
+    MessageTooLong,
+    PathInUse,
+    ServerExists,
+    SocketDirMissing,
+    SocketPathTooLong,
+    UntrustedPeer,
+    VchanError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConnectTimeout", "Disconnected", "InvalidArgument", "MessageTooLong", "PathInUse",
+    "ServerExists", "SocketDirMissing", "SocketPathTooLong", "State", "UntrustedPeer",
+    "Vchan", "VchanError", "__version__", "client", "server",
+]

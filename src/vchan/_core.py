@@ -1,0 +1,846 @@
+"""The libvchan engine in pure Python: one :class:`Channel` per vchan end.
+
+Theory of operation (the long form is docs/DESIGN.md; the C library follows the same plan):
+
+* A channel holds a non-blocking ``AF_UNIX`` stream socket and an epoll fd, the *select fd*.
+  Only :meth:`Channel.wait` calls ``epoll_wait`` on it, so only ``wait()`` clears readiness.
+  The socket is registered edge-triggered for ``EPOLLIN | EPOLLOUT | EPOLLRDHUP``: after
+  ``wait()`` nothing is reported until the kernel signals something new (no spinning), and
+  because the socket is kept writable whenever no call is in progress (the *writable
+  invariant*), an item on epoll's ready list is never dropped by a re-poll after ``read()``
+  consumed the data that made it ready.
+* The kernel polls a Unix socket writable, and wakes us when the peer frees space, only while
+  the send-buffer memory in use (``SIOCOUTQ``, U) is at most a quarter of ``SO_SNDBUF`` (W).
+  Writes that need not wait therefore never push U above W; ``buffer_space()`` reports what
+  fits below W (capped at the ring), and is a promise: bytes it promised that the kernel will
+  not take right now go to a user-space *overflow* that a *pusher* thread delivers. The
+  thread only exists while the overflow holds bytes (or a WAITING server holds early writes).
+* Blocking calls wait with ``poll()`` on the socket itself, never on the select fd.
+* A blocking ``recv(n)`` that has to wait drains the kernel queue into a *stash* (so poll
+  sleeps rather than spins) and, should the peer go, leaves those bytes readable.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import socket
+import stat
+import threading
+import time
+import weakref
+from typing import Final
+
+from . import _config, _linux
+
+DISCONNECTED: Final = 0
+CONNECTED: Final = 1
+WAITING: Final = 2
+
+_EPOLL_SOCK = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
+_POLL_GONE = _linux.POLLRDHUP | select.POLLHUP | select.POLLERR
+_SEND_FLAGS = socket.MSG_NOSIGNAL | socket.MSG_DONTWAIT
+_BACKOFF_FIRST = 0.001
+_BACKOFF_MAX = 0.1
+_FREE_CHUNK = 4096
+_UNKNOWN_U = 1 << 62
+
+
+def tsz(n: int) -> int:
+    """Upper bound of the send-buffer memory (skb truesize) one write of ``n`` bytes costs."""
+    return n + 2560 + 1024 * (n >> 15)
+
+
+def fit(room: int) -> int:
+    """Largest payload ``n`` with ``tsz(n) <= room``."""
+    room -= 2560
+    return max(0, room - (room >> 5))
+
+
+def _oserror(code: int, message: str | None = None) -> OSError:
+    return OSError(code, message or os.strerror(code))
+
+
+_live: weakref.WeakSet[Channel] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for ch in list(_live):
+        ch._forked()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class Channel:
+    """One end of a vchan. Methods raise :class:`OSError` (with an errno) on failure."""
+
+    is_server: bool
+    read_ring: int
+    write_ring: int
+
+    def __init__(self, *, is_server: bool, read_ring: int, write_ring: int, path: str,
+                 allow_any_uid: bool | None) -> None:
+        self.is_server = is_server
+        self.read_ring = read_ring
+        self.write_ring = write_ring
+        self.path = path
+        self._allow_any = _config.allow_any_uid() if allow_any_uid is None else allow_any_uid
+        self._state: int = WAITING
+        self._closed = False
+        self._inherited = False
+        self._blocking = True
+        self._lock = threading.Lock()
+        self._ep = select.epoll()
+        self._sock: socket.socket | None = None
+        self._listener: socket.socket | None = None
+        self._bound: tuple[int, int] | None = None
+        self._inotify = -1
+        self._timer = -1
+        self._backoff = _BACKOFF_FIRST
+        self._w = 0
+        self._u_est = 0
+        self._promised = 0
+        self._overflow = bytearray()
+        self._stash = bytearray()
+        self._pusher: threading.Thread | None = None
+        self._handoff = False
+        self._busy = 0
+        self._retired: list[socket.socket] = []
+        _live.add(self)
+
+    # ----------------------------------------------------------------------------- creation
+
+    @classmethod
+    def server(cls, domain: int, port: int, read_min: int, write_min: int,
+               allow_any_uid: bool | None = None) -> Channel:
+        _config.check_domain(domain)
+        _config.check_port(port)
+        read_ring, write_ring = _config.server_rings(read_min, write_min)
+        path = _config.socket_path(_config.local_domain(), domain, port)
+        _claim_path(path)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        try:
+            listener.bind(path)
+            try:
+                st = os.lstat(path)
+                listener.listen(0)
+            except BaseException:
+                os.unlink(path)
+                raise
+        except BaseException:
+            listener.close()
+            raise
+        ch = cls(is_server=True, read_ring=read_ring, write_ring=write_ring, path=path,
+                 allow_any_uid=allow_any_uid)
+        ch._listener = listener
+        ch._bound = (st.st_dev, st.st_ino)
+        ch._ep.register(listener.fileno(), select.EPOLLIN)
+        return ch
+
+    @classmethod
+    def client_start(cls, domain: int, port: int, allow_any_uid: bool | None = None) -> Channel:
+        """Begin an asynchronous connection; :meth:`finish` completes it."""
+        _config.check_domain(domain)
+        _config.check_port(port)
+        path = _config.socket_path(domain, _config.local_domain(), port)
+        directory = os.path.dirname(path) or "."
+        inotify = _linux.inotify_watch_dir(directory)  # fails at once if the directory is missing
+        ch = cls(is_server=False, read_ring=_config.CLIENT_RING,
+                 write_ring=_config.CLIENT_RING, path=path, allow_any_uid=allow_any_uid)
+        ch._inotify = inotify
+        try:
+            ch._timer = _linux.timerfd_create()
+            ch._ep.register(inotify, select.EPOLLIN)
+            ch._ep.register(ch._timer, select.EPOLLIN)
+            with ch._lock:
+                ch._connect_step()
+        except BaseException:
+            ch.close()
+            raise
+        return ch
+
+    @classmethod
+    def client(cls, domain: int, port: int, timeout: float | None = None,
+               allow_any_uid: bool | None = None) -> Channel:
+        ch = cls.client_start(domain, port, allow_any_uid)
+        try:
+            ch.finish(True, timeout)
+        except BaseException:
+            ch.close()
+            raise
+        return ch
+
+    def _connect_step(self) -> bool:
+        """One non-blocking connection attempt (lock held). True once connected."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        try:
+            sock.connect(self.path)
+        except FileNotFoundError:
+            sock.close()
+            return False  # inotify tells us when it appears
+        except (ConnectionRefusedError, BlockingIOError, InterruptedError):
+            # A stale file, a server between bind() and listen(), or a full backlog:
+            # none of these produce an inotify event, so retry on a back-off timer.
+            sock.close()
+            _linux.timerfd_arm(self._timer, self._backoff)
+            self._backoff = min(self._backoff * 2, _BACKOFF_MAX)
+            return False
+        except BaseException:
+            sock.close()
+            raise
+        if not self._trusted(sock):
+            sock.close()
+            raise _oserror(errno.EACCES, "vchan server runs as an untrusted uid")
+        for fd in (self._inotify, self._timer):
+            self._ep.unregister(fd)
+            os.close(fd)
+        self._inotify = self._timer = -1
+        self._attach(sock)
+        return True
+
+    def finish(self, blocking: bool, timeout: float | None = None) -> int:
+        """Drive an asynchronous client connection: 0 connected, 1 not yet (non-blocking)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._enter()
+        try:
+            while True:
+                with self._lock:
+                    self._check_open()
+                    if self._sock is not None:
+                        return 0
+                    try:
+                        if self._drain_connect_events():
+                            self._backoff = _BACKOFF_FIRST
+                        if self._connect_step():
+                            return 0
+                    except OSError:
+                        self._state = DISCONNECTED
+                        raise
+                if not blocking:
+                    return 1
+                wait_for = -1.0
+                if deadline is not None:
+                    wait_for = deadline - time.monotonic()
+                    if wait_for <= 0:
+                        raise _oserror(errno.ETIMEDOUT, "timed out waiting for the vchan server")
+                self._ep.poll(wait_for)
+        finally:
+            self._leave()
+
+    def _drain_connect_events(self) -> bool:
+        had_event = False
+        for fd in (self._inotify, self._timer):
+            try:
+                while os.read(fd, 4096):
+                    had_event = had_event or fd == self._inotify
+            except BlockingIOError:
+                pass
+        return had_event
+
+    def _trusted(self, sock: socket.socket) -> bool:
+        if self._allow_any:
+            return True
+        uid = _linux.peer_uid(sock)
+        return uid == 0 or uid == os.geteuid()
+
+    def _attach(self, sock: socket.socket) -> None:
+        """Make ``sock`` the channel's connection (lock held)."""
+        sock.setblocking(False)
+        want = 4 * self.write_ring + 65536
+        try:
+            if sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < 4 * want:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 2 * want)
+        except OSError:
+            pass  # keep the default; fit(W) bounds what we promise
+        self._w = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 4
+        self._u_est = 0
+        self._sock = sock
+        self._ep.register(sock.fileno(), _EPOLL_SOCK)
+        self._state = CONNECTED
+
+    def _try_accept(self) -> bool:
+        """A WAITING server takes its client if one is there (lock held)."""
+        listener = self._listener
+        if listener is None:
+            return self._sock is not None
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return False
+            except OSError:
+                return False
+            if self._trusted(conn):
+                break
+            conn.close()  # another uid: refuse it and keep waiting for ours
+        self._stop_listening()
+        self._attach(conn)
+        return True
+
+    def _stop_listening(self) -> None:
+        """Stop advertising (lock held): the first client is the only one (SPEC §2)."""
+        listener, self._listener = self._listener, None
+        if listener is None:
+            return
+        try:
+            self._ep.unregister(listener.fileno())
+        except (OSError, ValueError):
+            pass
+        self._unlink_if_ours()
+        # A thread inside a call may be about to poll this fd: shut it down so any such poll
+        # returns at once, and close it only when nobody is inside a call (no fd reuse race).
+        try:
+            listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        if self._busy:
+            self._retired.append(listener)
+        else:
+            listener.close()
+
+    def _unlink_if_ours(self) -> None:
+        bound, self._bound = self._bound, None
+        if bound is None:
+            return
+        try:
+            st = os.lstat(self.path)
+            if (st.st_dev, st.st_ino) == bound and stat.S_ISSOCK(st.st_mode):
+                os.unlink(self.path)
+        except OSError:
+            pass
+
+    # ------------------------------------------------------------------------------ helpers
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise _oserror(errno.EBADF, "vchan is closed")
+
+    def _enter(self) -> None:
+        with self._lock:
+            self._check_open()
+            self._busy += 1
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._busy -= 1
+            self._idle_cleanup()
+
+    def _idle_cleanup(self) -> None:
+        """Lock held: once no call is in progress, close what was retired (or everything)."""
+        if self._busy:
+            return
+        while self._retired:
+            self._retired.pop().close()
+        if self._closed:
+            self._release_fds()
+
+    def _poll(self, fd: int, events: int, timeout: float | None = None) -> int:
+        """Wait on one fd outside the lock; EBADF if the channel was closed meanwhile."""
+        p = select.poll()
+        p.register(fd, events)
+        ready = p.poll(None if timeout is None else timeout * 1000)
+        if self._closed:
+            raise _oserror(errno.EBADF, "vchan closed while waiting")
+        return ready[0][1] if ready else 0
+
+    def _gone(self) -> OSError:
+        self._state = DISCONNECTED
+        self._overflow.clear()
+        return _oserror(errno.EPIPE, "vchan peer disconnected")
+
+    def _pending(self) -> bool:
+        """Whether a client-side connection is still being made (async init)."""
+        return self._sock is None and not self.is_server
+
+    def _settle(self) -> int:
+        """Common prologue: the state after taking a waiting client if there is one."""
+        if self._state == WAITING and self.is_server:
+            with self._lock:
+                self._check_open()
+                self._try_accept()
+        return self._state
+
+    def _wait_connected(self) -> None:
+        """Blocking data calls on a channel that is not connected yet wait until it is."""
+        if self._pending():
+            self.finish(True)
+            return
+        self._enter()
+        try:
+            while self._state == WAITING:
+                self._await_client()
+        finally:
+            self._leave()
+
+    # ------------------------------------------------------------------------------ reading
+
+    def read(self, buf: memoryview, size: int) -> int:
+        if size == 0:
+            self._check_open()
+            return 0
+        while self._settle() == WAITING:
+            if not self._blocking:
+                return 0
+            self._wait_connected()
+        size = min(size, self.read_ring)
+        if self._stash:
+            n = min(size, len(self._stash))
+            buf[:n] = self._stash[:n]
+            del self._stash[:n]
+            return n
+        sock = self._sock
+        assert sock is not None
+        while True:
+            try:
+                n = sock.recv_into(buf, size)
+            except (BlockingIOError, InterruptedError):
+                n = -1
+            except ConnectionResetError:
+                raise self._gone() from None
+            except OSError as exc:
+                self._check_open()
+                raise exc
+            if n > 0:
+                return n
+            if n == 0:
+                raise self._gone()
+            if not self._blocking:
+                return 0
+            self._sock_wait(select.POLLIN | _linux.POLLRDHUP)
+
+    def recv(self, buf: memoryview, size: int) -> int:
+        if size == 0:
+            self._check_open()
+            return 0
+        while self._settle() == WAITING:
+            if not self._blocking:
+                return 0
+            self._wait_connected()
+        sock = self._sock
+        assert sock is not None
+        stash = self._stash
+        if not stash and size <= self.read_ring:
+            try:  # common case: everything is already queued
+                n = sock.recv_into(buf, size)
+            except (BlockingIOError, InterruptedError):
+                n = -1
+            except ConnectionResetError:
+                raise self._gone() from None
+            if n == size:
+                return n
+            if n > 0:
+                stash += buf[:n]
+            elif n == 0:
+                raise self._gone()
+        while True:
+            eof = False
+            want = min(size, self.read_ring) - len(stash)
+            if want > 0:
+                chunk = bytearray(want)
+                try:
+                    n = sock.recv_into(chunk, want)
+                except (BlockingIOError, InterruptedError):
+                    n = -1
+                except ConnectionResetError:
+                    n = 0
+                if n > 0:
+                    stash += memoryview(chunk)[:n]
+                eof = n == 0
+            if len(stash) >= size:
+                buf[:size] = stash[:size]
+                del stash[:size]
+                return size
+            if eof:
+                raise self._gone()
+            if not self._blocking:
+                return 0
+            if size > self.read_ring:
+                raise _oserror(errno.EMSGSIZE, f"recv of {size} bytes exceeds the read ring")
+            self._sock_wait(select.POLLIN | _linux.POLLRDHUP)
+
+    def _sock_wait(self, events: int) -> int:
+        sock = self._sock
+        assert sock is not None
+        self._enter()
+        try:
+            return self._poll(sock.fileno(), events)
+        finally:
+            self._leave()
+
+    def data_ready(self) -> int:
+        self._check_open()
+        if self._settle() == WAITING:
+            return 0
+        sock = self._sock
+        assert sock is not None
+        queued = len(self._stash)
+        try:
+            queued += _linux.ioctl_int(sock, _linux.FIONREAD)
+        except OSError:
+            self._check_open()
+        return min(self.read_ring, queued)
+
+    # ------------------------------------------------------------------------------ writing
+
+    def buffer_space(self) -> int:
+        self._check_open()
+        state = self._settle()
+        with self._lock:
+            if state == WAITING:
+                space = 0 if self._pending() else self.write_ring - len(self._overflow)
+            elif state == DISCONNECTED:
+                space = 0
+            else:
+                space = self._measure_space()
+            self._promised = space
+            return space
+
+    def _measure_space(self) -> int:
+        sock = self._sock
+        assert sock is not None
+        try:
+            self._u_est = _linux.ioctl_int(sock, _linux.SIOCOUTQ)
+        except OSError:
+            return 0
+        room = min(self.write_ring, fit(self._w - self._u_est))
+        return max(0, room - len(self._overflow))
+
+    def write(self, data: memoryview, size: int) -> int:
+        if size == 0:
+            self._check_open()
+            return 0
+        data = data[:size]
+        while True:
+            with self._lock:
+                self._check_open()
+                if self._state == DISCONNECTED:
+                    raise _oserror(errno.EPIPE, "vchan peer disconnected")
+                if self._state == WAITING and not self._pending():
+                    self._try_accept()
+                if not self._pending():
+                    taken = self._take(data, self._promised)
+                    self._promised = max(0, self._promised - taken)
+                    break
+            if not self._blocking:
+                return 0
+            self._wait_connected()
+        if taken == size or not self._blocking:
+            return taken
+        self._write_waiting(data[taken:])
+        return size
+
+    def send(self, data: memoryview, size: int) -> int:
+        if size == 0:
+            self._check_open()
+            return 0
+        data = data[:size]
+        while True:
+            with self._lock:
+                self._check_open()
+                if self._state == DISCONNECTED:
+                    raise _oserror(errno.EPIPE, "vchan peer disconnected")
+                if self._state == WAITING and not self._pending():
+                    self._try_accept()
+                if not self._pending():
+                    break
+            if not self._blocking:
+                return 0
+            self._wait_connected()
+        with self._lock:
+            if (self._state == CONNECTED and not self._overflow and size <= self.write_ring
+                    and self._u_est + tsz(size) <= self._w):
+                space = size  # certain without asking the kernel
+            elif self._state == WAITING:
+                space = self.write_ring - len(self._overflow)
+            else:
+                space = self._measure_space()
+            if size <= space:
+                taken = self._take(data, space)
+                self._promised = max(0, self._promised - taken)
+                assert taken == size
+                return size
+        if not self._blocking:
+            return 0
+        if size > self.write_ring:
+            raise _oserror(errno.EMSGSIZE, f"send of {size} bytes exceeds the write ring")
+        self._write_waiting(data)
+        return size
+
+    def _take(self, data: memoryview, allowance: int) -> int:
+        """Accept what can be accepted without waiting (lock held)."""
+        if self._state == WAITING:
+            taken = min(len(data), self.write_ring - len(self._overflow))
+            self._overflow += data[:taken]
+            if taken:
+                self._start_pusher()
+            return taken
+        if self._overflow:
+            self._flush_overflow(bounded=True)
+        taken = 0
+        if not self._overflow:
+            taken = self._push(data)
+        extra = min(len(data) - taken, allowance - taken,
+                    self.write_ring - len(self._overflow))
+        if extra > 0:
+            self._overflow += data[taken:taken + extra]
+            taken += extra
+            self._start_pusher()
+        return taken
+
+    def _push(self, data: memoryview) -> int:
+        """Send without letting U exceed W (lock held)."""
+        n = len(data)
+        if self._u_est + tsz(n) > self._w:
+            sock = self._sock
+            assert sock is not None
+            self._u_est = _linux.ioctl_int(sock, _linux.SIOCOUTQ)
+            n = min(n, fit(self._w - self._u_est))
+            if n <= 0:
+                return 0
+        return self._send(data[:n])
+
+    def _send(self, data: memoryview) -> int:
+        sock = self._sock
+        assert sock is not None
+        try:
+            k = sock.send(data, _SEND_FLAGS)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except (BrokenPipeError, ConnectionResetError):
+            raise self._gone() from None
+        self._u_est += tsz(k)
+        return k
+
+    def _flush_overflow(self, bounded: bool) -> None:
+        overflow = self._overflow
+        while overflow:
+            view = memoryview(overflow)
+            try:
+                k = self._push(view) if bounded else self._send(view[:_FREE_CHUNK * 16])
+            finally:
+                view.release()
+            if k == 0:
+                return
+            del overflow[:k]
+
+    def _write_waiting(self, rest: memoryview) -> None:
+        """The blocking remainder of a write: wait for the kernel like a plain socket."""
+        pos = 0
+        self._enter()
+        try:
+            while pos < len(rest):
+                if self._state == WAITING:
+                    self._await_client()
+                    continue
+                sock = self._sock
+                assert sock is not None
+                revents = self._poll(sock.fileno(), select.POLLOUT | _linux.POLLRDHUP)
+                with self._lock:
+                    self._check_open()
+                    if revents & _POLL_GONE or self._state == DISCONNECTED:
+                        raise self._gone()
+                    self._flush_overflow(bounded=False)
+                    if not self._overflow:
+                        pos += self._send(rest[pos:])
+                    self._u_est = _UNKNOWN_U
+            # Restore the writable invariant before handing control back.
+            sock = self._sock
+            assert sock is not None
+            self._poll(sock.fileno(), select.POLLOUT | _linux.POLLRDHUP)
+            with self._lock:
+                if self._u_est == _UNKNOWN_U:
+                    self._u_est = self._w
+        finally:
+            self._leave()
+
+    def _await_client(self) -> None:
+        """A WAITING server waits for its client (caller is inside _enter/_leave)."""
+        with self._lock:
+            listener = self._listener
+            fd = -1 if listener is None else listener.fileno()
+        if fd >= 0:
+            self._poll(fd, select.POLLIN)
+        with self._lock:
+            self._check_open()
+            self._try_accept()
+
+    # ------------------------------------------------------------------------------- pusher
+
+    def _start_pusher(self) -> None:
+        if self._pusher is None:
+            self._busy += 1
+            self._pusher = threading.Thread(target=self._pusher_main, name="vchan-pusher",
+                                            daemon=True)
+            self._pusher.start()
+
+    def _pusher_main(self) -> None:
+        try:
+            while True:
+                with self._lock:
+                    if (not self._overflow or self._state == DISCONNECTED
+                            or (self._closed and not self._handoff) or self._inherited):
+                        return
+                    # Both stay open while we are busy (see _stop_listening).
+                    listener, sock = self._listener, self._sock
+                if sock is None:
+                    if listener is None:
+                        return
+                    self._plain_poll(listener.fileno(), select.POLLIN)
+                    with self._lock:
+                        if not self._closed:
+                            self._try_accept()
+                    continue
+                revents = self._plain_poll(sock.fileno(), select.POLLOUT)
+                with self._lock:
+                    if revents & (select.POLLHUP | select.POLLERR):
+                        self._gone()
+                        return
+                    try:
+                        before = len(self._overflow)
+                        self._flush_overflow(bounded=True)
+                        if len(self._overflow) == before and revents & select.POLLOUT:
+                            # Writable, yet below the bound's margin: a small step avoids a
+                            # busy loop; poll() then sleeps until the peer frees space.
+                            view = memoryview(self._overflow)
+                            try:
+                                k = self._send(view[:_FREE_CHUNK])
+                            finally:
+                                view.release()
+                            del self._overflow[:k]
+                    except OSError:
+                        return
+        finally:
+            with self._lock:
+                self._pusher = None
+                self._busy -= 1
+                self._idle_cleanup()
+
+    def _plain_poll(self, fd: int, events: int) -> int:
+        p = select.poll()
+        p.register(fd, events)
+        ready = p.poll()
+        return ready[0][1] if ready else 0
+
+    # ------------------------------------------------------------------------ notification
+
+    def fileno(self) -> int:
+        self._check_open()
+        return self._ep.fileno()
+
+    def wait(self) -> int:
+        self._enter()
+        try:
+            while True:
+                try:
+                    self._ep.poll(-1)
+                except ValueError:
+                    pass  # the epoll object was closed under us
+                with self._lock:
+                    self._check_open()
+                    if self._state != WAITING or self._pending():
+                        return 0
+                    if self._try_accept():
+                        # The fresh registration reports at once; that is this same event.
+                        self._ep.poll(0)
+                        return 0
+        finally:
+            self._leave()
+
+    def is_open(self) -> int:
+        self._check_open()
+        state = self._settle()
+        if state == CONNECTED:
+            sock = self._sock
+            assert sock is not None
+            p = select.poll()
+            p.register(sock.fileno(), _POLL_GONE)
+            if p.poll(0):
+                self._state = DISCONNECTED
+                with self._lock:
+                    self._overflow.clear()
+        return self._state
+
+    def set_blocking(self, blocking: bool) -> None:
+        self._check_open()
+        self._blocking = bool(blocking)
+
+    @property
+    def blocking(self) -> bool:
+        return self._blocking
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -------------------------------------------------------------------------------- close
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._inherited:
+                self._overflow.clear()
+                self._busy = 0
+                self._release_fds()
+                return
+            # Wake any thread blocked on our sockets; they see _closed and return EBADF.
+            for s in (self._sock, self._listener):
+                if s is not None:
+                    try:
+                        s.shutdown(socket.SHUT_RD)
+                    except OSError:
+                        pass
+            if self._timer >= 0:
+                _linux.timerfd_arm(self._timer, 1e-9)
+            if self.is_server:
+                self._unlink_if_ours()
+            if self._overflow and self._state == CONNECTED and self._sock is not None:
+                self._handoff = True  # the pusher delivers the rest, then closes the socket
+                self._start_pusher()
+            if self._busy == 0:
+                self._release_fds()
+
+    def _release_fds(self) -> None:
+        """Close every descriptor (lock held, nobody inside a call)."""
+        for s in (self._sock, self._listener, *self._retired):
+            if s is not None:
+                s.close()
+        self._sock = self._listener = None
+        self._retired.clear()
+        for fd in (self._inotify, self._timer):
+            if fd >= 0:
+                os.close(fd)
+        self._inotify = self._timer = -1
+        self._ep.close()
+        self._overflow.clear()
+        self._stash.clear()
+
+    def _forked(self) -> None:
+        """In a child after fork(): the parent owns the channel; never disturb it."""
+        self._inherited = True
+        self._lock = threading.Lock()
+        self._pusher = None
+        self._busy = 0
+        self._overflow.clear()
+
+    @property
+    def state(self) -> int:
+        return self._state
+
+
+def _claim_path(path: str) -> None:
+    """Make ``path`` free for bind(): replace a stale socket, refuse anything else."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        kind = "symlink" if stat.S_ISLNK(st.st_mode) else "non-socket file"
+        raise _oserror(errno.EEXIST, f"a {kind} is in the way at {path}; not touching it")
+    if _linux.listening_at(path):
+        raise _oserror(errno.EADDRINUSE, f"a vchan server is already listening at {path}")
+    os.unlink(path)
+

@@ -1,0 +1,131 @@
+"""Linux system interfaces the standard library lacks on Python 3.11 (inotify, timerfd)."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import select
+import socket
+import struct
+
+SIOCOUTQ = 0x5411  # TIOCOUTQ: bytes of send-buffer memory in use (skb truesize)
+FIONREAD = 0x541B  # SIOCINQ: bytes queued for reading
+POLLRDHUP = getattr(select, "POLLRDHUP", 0x2000)
+
+IN_NONBLOCK = os.O_NONBLOCK
+IN_CLOEXEC = os.O_CLOEXEC
+IN_ATTRIB = 0x004
+IN_MOVED_FROM = 0x040
+IN_MOVED_TO = 0x080
+IN_CREATE = 0x100
+IN_DELETE = 0x200
+DIR_EVENTS = IN_CREATE | IN_MOVED_TO | IN_DELETE | IN_MOVED_FROM | IN_ATTRIB
+
+CLOCK_MONOTONIC = 1
+TFD_NONBLOCK = os.O_NONBLOCK
+TFD_CLOEXEC = os.O_CLOEXEC
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.inotify_init1.argtypes = [ctypes.c_int]
+_libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+_libc.timerfd_create.argtypes = [ctypes.c_int, ctypes.c_int]
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+class _Itimerspec(ctypes.Structure):
+    _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
+
+
+_libc.timerfd_settime.argtypes = [
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.POINTER(_Itimerspec),
+    ctypes.c_void_p,
+]
+
+
+def _check(result: int) -> int:
+    if result < 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+    return result
+
+
+def inotify_watch_dir(path: str) -> int:
+    """A non-blocking, close-on-exec inotify fd watching ``path`` for entries coming and going."""
+    fd = _check(_libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC))
+    try:
+        _check(_libc.inotify_add_watch(fd, os.fsencode(path), DIR_EVENTS))
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def timerfd_create() -> int:
+    return _check(_libc.timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC))
+
+
+def timerfd_arm(fd: int, seconds: float) -> None:
+    """One-shot timer; 0 disarms it."""
+    spec = _Itimerspec()
+    ns = max(0, int(seconds * 1e9))
+    if seconds > 0 and ns == 0:
+        ns = 1
+    spec.it_value.tv_sec, spec.it_value.tv_nsec = divmod(ns, 1_000_000_000)
+    _check(_libc.timerfd_settime(fd, 0, ctypes.byref(spec), None))
+
+
+def drain(fd: int) -> None:
+    """Read a non-blocking notification fd (inotify, timerfd) until it is empty."""
+    while True:
+        try:
+            if not os.read(fd, 4096):
+                return
+        except BlockingIOError:
+            return
+
+
+_INT = struct.Struct("i")
+
+
+def ioctl_int(sock: socket.socket, request: int) -> int:
+    import fcntl
+
+    return int(_INT.unpack(fcntl.ioctl(sock.fileno(), request, b"\0\0\0\0"))[0])
+
+
+def peer_uid(sock: socket.socket) -> int:
+    cred = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return int(struct.unpack("3i", cred)[1])
+
+
+def listening_at(path: str) -> bool:
+    """Whether a listening Unix socket is bound at ``path`` (from /proc/net/unix).
+
+    Used to tell a live server's socket file from a stale one without connecting to it:
+    a probe connection would take the live server's only client slot.
+    """
+    try:
+        with open("/proc/net/unix", "rb") as f:
+            lines = f.read().splitlines()[1:]
+    except OSError:
+        return False
+    target = os.fsencode(path)
+    for line in lines:
+        fields = line.split(None, 7)
+        # Num RefCount Protocol Flags Type St Inode Path; Flags 00010000 = __SO_ACCEPTCON
+        if len(fields) == 8 and fields[7] == target and int(fields[3], 16) & 0x10000:
+            return True
+    return False
+
+
+def errno_of(exc: BaseException, default: int = errno.EIO) -> int:
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return exc.errno
+    return default

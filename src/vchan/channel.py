@@ -1,0 +1,203 @@
+"""The Pythonic API: :class:`Vchan`, returned by :func:`server` and :func:`client`."""
+
+from __future__ import annotations
+
+import enum
+from types import TracebackType
+from typing import Protocol
+
+from . import _core
+from .exceptions import from_oserror
+
+__all__ = ["State", "Vchan", "client", "server"]
+
+
+class State(enum.IntEnum):
+    """Channel state; the values equal the C constants ``VCHAN_*``."""
+
+    DISCONNECTED = _core.DISCONNECTED
+    CONNECTED = _core.CONNECTED
+    WAITING = _core.WAITING
+
+
+class Endpoint(Protocol):
+    """What a backend provides: libvchan semantics, failures raised as OSError with errno."""
+
+    def read(self, buf: memoryview, size: int) -> int: ...
+    def recv(self, buf: memoryview, size: int) -> int: ...
+    def write(self, data: memoryview, size: int) -> int: ...
+    def send(self, data: memoryview, size: int) -> int: ...
+    def wait(self) -> int: ...
+    def is_open(self) -> int: ...
+    def data_ready(self) -> int: ...
+    def buffer_space(self) -> int: ...
+    def set_blocking(self, blocking: bool) -> None: ...
+    def fileno(self) -> int: ...
+    def close(self) -> None: ...
+
+
+class Vchan:
+    """One end of a vchan: a byte stream with libvchan's flow control and notification.
+
+    Blocking by default. Reads return ``b""`` at the end of the stream (the peer is gone and
+    everything it sent has been read); writes to a gone peer raise :class:`Disconnected`.
+    In non-blocking mode a call that cannot make progress raises :class:`BlockingIOError`.
+    """
+
+    def __init__(self, endpoint: Endpoint, *, read_ring: int | None = None,
+                 write_ring: int | None = None) -> None:
+        self._ep: Endpoint | None = endpoint
+        self._blocking = True
+        #: Ring sizes, when the backend knows them (the pure-Python one does).
+        self.read_ring = read_ring
+        self.write_ring = write_ring
+
+    def _endpoint(self) -> Endpoint:
+        if self._ep is None:
+            raise ValueError("I/O operation on closed vchan")
+        return self._ep
+
+    # -- data ----------------------------------------------------------------------------
+
+    def readinto(self, buf: memoryview | bytearray) -> int:
+        """Read up to ``len(buf)`` bytes into ``buf``; 0 at the end of the stream."""
+        view = memoryview(buf).cast("B")
+        if not len(view):
+            return 0
+        try:
+            n = self._endpoint().read(view, len(view))
+        except OSError as exc:
+            err = from_oserror(exc)
+            if isinstance(err, ConnectionError):
+                return 0
+            raise err from None
+        if n == 0:
+            raise BlockingIOError("no data ready on the vchan")
+        return n
+
+    def read(self, size: int = 65536) -> bytes:
+        """Up to ``size`` bytes (at most the read ring); ``b""`` at the end of the stream."""
+        if size < 0:
+            raise ValueError("read size must not be negative")
+        buf = bytearray(size)
+        n = self.readinto(buf)
+        del buf[n:]
+        return bytes(buf)
+
+    def recv(self, size: int) -> bytes:
+        """Exactly ``size`` bytes. Raises Disconnected if the peer left fewer than that."""
+        if size < 0:
+            raise ValueError("recv size must not be negative")
+        buf = bytearray(size)
+        if size:
+            n = self._call(lambda ep: ep.recv(memoryview(buf), size))
+            if n == 0:
+                raise BlockingIOError("fewer than %d bytes ready on the vchan" % size)
+        return bytes(buf)
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Write what fits (non-blocking) or everything (blocking); returns the count."""
+        view = memoryview(data).cast("B")
+        if not len(view):
+            return 0
+        n = self._call(lambda ep: ep.write(view, len(view)))
+        if n == 0:
+            raise BlockingIOError("no buffer space on the vchan")
+        return n
+
+    def send(self, data: bytes | bytearray | memoryview) -> None:
+        """Write all of ``data`` at once or nothing (at most the write ring)."""
+        view = memoryview(data).cast("B")
+        if not len(view):
+            return
+        if self._call(lambda ep: ep.send(view, len(view))) == 0:
+            raise BlockingIOError("not enough buffer space on the vchan")
+
+    def _call(self, op: object) -> int:
+        endpoint = self._endpoint()
+        try:
+            return op(endpoint)  # type: ignore[operator,no-any-return]
+        except OSError as exc:
+            raise from_oserror(exc) from None
+
+    # -- state and notification ----------------------------------------------------------
+
+    def wait(self) -> None:
+        """Block until :meth:`fileno` is readable, and clear that readiness."""
+        self._call(lambda ep: ep.wait())
+
+    def fileno(self) -> int:
+        """The select fd: readable when something happened since the last :meth:`wait`."""
+        return self._call(lambda ep: ep.fileno())
+
+    @property
+    def state(self) -> State:
+        return State(self._call(lambda ep: ep.is_open()))
+
+    def is_open(self) -> bool:
+        return self.state != State.DISCONNECTED
+
+    def data_ready(self) -> int:
+        return self._call(lambda ep: ep.data_ready())
+
+    def buffer_space(self) -> int:
+        return self._call(lambda ep: ep.buffer_space())
+
+    def set_blocking(self, flag: bool) -> None:
+        self._call(lambda ep: ep.set_blocking(bool(flag)) or 0)
+        self._blocking = bool(flag)
+
+    @property
+    def blocking(self) -> bool:
+        return self._blocking
+
+    @property
+    def closed(self) -> bool:
+        return self._ep is None
+
+    def close(self) -> None:
+        """Close the channel. Bytes already written still reach a peer that keeps reading."""
+        endpoint, self._ep = self._ep, None
+        if endpoint is not None:
+            endpoint.close()
+
+    def __enter__(self) -> Vchan:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if self._ep is None:
+            return "<Vchan closed>"
+        try:
+            state = self.state.name
+        except (OSError, ValueError):
+            state = "?"
+        return f"<Vchan fd={self.fileno()} {state}>"
+
+
+def _wrap(channel: _core.Channel) -> Vchan:
+    return Vchan(channel, read_ring=channel.read_ring, write_ring=channel.write_ring)
+
+
+def server(domain: int, port: int, read_min: int = 65536, write_min: int = 65536, *,
+           allow_any_uid: bool | None = None) -> Vchan:
+    """Listen for the client in ``domain`` on ``port``; returns at once, in WAITING state."""
+    try:
+        return _wrap(_core.Channel.server(domain, port, read_min, write_min, allow_any_uid))
+    except OSError as exc:
+        raise from_oserror(exc) from None
+
+
+def client(domain: int, port: int, timeout: float | None = None, *,
+           allow_any_uid: bool | None = None) -> Vchan:
+    """Connect to the server in ``domain`` on ``port``, waiting for it to appear.
+
+    ``timeout`` (seconds) bounds the wait: :class:`ConnectTimeout` (a TimeoutError).
+    """
+    try:
+        return _wrap(_core.Channel.client(domain, port, timeout, allow_any_uid))
+    except OSError as exc:
+        raise from_oserror(exc) from None

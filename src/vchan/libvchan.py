@@ -1,0 +1,143 @@
+"""The libvchan C API, function for function, in pure Python.
+
+For people porting C code, and the one surface the conformance suite tests (a C library
+loaded with :mod:`vchan._cffi` exposes the same names). Handles are opaque objects; failures
+return ``None`` or ``-1`` and leave the reason in :func:`last_errno`, like C's ``errno``.
+"""
+
+from __future__ import annotations
+
+import errno
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from ._core import CONNECTED, DISCONNECTED, WAITING, Channel
+
+__all__ = [
+    "VCHAN_CONNECTED", "VCHAN_DISCONNECTED", "VCHAN_WAITING", "last_errno",
+    "libvchan_buffer_space", "libvchan_client_init", "libvchan_client_init_async",
+    "libvchan_client_init_async_finish", "libvchan_close", "libvchan_data_ready",
+    "libvchan_fd_for_select", "libvchan_is_open", "libvchan_read", "libvchan_recv",
+    "libvchan_send", "libvchan_server_init", "libvchan_set_blocking", "libvchan_wait",
+    "libvchan_write",
+]
+
+VCHAN_DISCONNECTED = DISCONNECTED
+VCHAN_CONNECTED = CONNECTED
+VCHAN_WAITING = WAITING
+
+_tls = threading.local()
+T = TypeVar("T")
+
+
+def last_errno() -> int:
+    """The errno of this thread's last failed call (0 if none failed yet)."""
+    return int(getattr(_tls, "errno", 0))
+
+
+def _fail(code: int, result: T) -> T:
+    _tls.errno = code
+    return result
+
+
+def _guard(failure: T, call: Callable[[], T]) -> T:
+    try:
+        return call()
+    except OSError as exc:
+        return _fail(exc.errno or errno.EIO, failure)
+    except (TypeError, ValueError):
+        return _fail(errno.EINVAL, failure)
+
+
+def _handle(h: object) -> Channel:
+    if not isinstance(h, Channel):
+        raise OSError(errno.EINVAL, "not a libvchan handle")
+    return h
+
+
+def _size(size: object) -> int:
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise OSError(errno.EINVAL, "size must be a non-negative int")
+    return size
+
+
+def _out_buffer(buf: Any, size: int) -> memoryview:
+    view = memoryview(buf).cast("B")
+    if view.readonly:
+        raise OSError(errno.EINVAL, "read buffer is read-only")
+    if size > len(view):
+        raise OSError(errno.EINVAL, "size exceeds the buffer")
+    return view
+
+
+def _in_buffer(data: Any, size: int) -> memoryview:
+    view = memoryview(data).cast("B")
+    if size > len(view):
+        raise OSError(errno.EINVAL, "size exceeds the data")
+    return view
+
+
+def libvchan_server_init(domain: int, port: int, read_min: int, write_min: int) -> Channel | None:
+    return _guard(None, lambda: Channel.server(domain, port, read_min, write_min))
+
+
+def libvchan_client_init(domain: int, port: int) -> Channel | None:
+    return _guard(None, lambda: Channel.client(domain, port))
+
+
+def libvchan_client_init_async(domain: int, port: int) -> tuple[Channel, int] | None:
+    def start() -> tuple[Channel, int]:
+        ch = Channel.client_start(domain, port)
+        return ch, ch.fileno()
+
+    return _guard(None, start)
+
+
+def libvchan_client_init_async_finish(handle: Channel, blocking: bool) -> int:
+    return _guard(-1, lambda: _handle(handle).finish(bool(blocking)))
+
+
+def libvchan_read(handle: Channel, buf: Any, size: int) -> int:
+    return _guard(-1, lambda: _handle(handle).read(_out_buffer(buf, _size(size)), size))
+
+
+def libvchan_recv(handle: Channel, buf: Any, size: int) -> int:
+    return _guard(-1, lambda: _handle(handle).recv(_out_buffer(buf, _size(size)), size))
+
+
+def libvchan_write(handle: Channel, data: Any, size: int) -> int:
+    return _guard(-1, lambda: _handle(handle).write(_in_buffer(data, _size(size)), size))
+
+
+def libvchan_send(handle: Channel, data: Any, size: int) -> int:
+    return _guard(-1, lambda: _handle(handle).send(_in_buffer(data, _size(size)), size))
+
+
+def libvchan_wait(handle: Channel) -> int:
+    return _guard(-1, lambda: _handle(handle).wait())
+
+
+def libvchan_close(handle: Channel) -> None:
+    if isinstance(handle, Channel):
+        handle.close()
+
+
+def libvchan_fd_for_select(handle: Channel) -> int:
+    return _guard(-1, lambda: _handle(handle).fileno())
+
+
+def libvchan_is_open(handle: Channel) -> int:
+    return _guard(VCHAN_DISCONNECTED, lambda: _handle(handle).is_open())
+
+
+def libvchan_data_ready(handle: Channel) -> int:
+    return _guard(0, lambda: _handle(handle).data_ready())
+
+
+def libvchan_buffer_space(handle: Channel) -> int:
+    return _guard(0, lambda: _handle(handle).buffer_space())
+
+
+def libvchan_set_blocking(handle: Channel, blocking: bool) -> None:
+    _guard(None, lambda: _handle(handle).set_blocking(bool(blocking)))
