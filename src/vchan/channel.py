@@ -92,7 +92,7 @@ class Vchan:
         if size:
             n = self._call(lambda ep: ep.recv(memoryview(buf), size))
             if n == 0:
-                raise BlockingIOError("fewer than %d bytes ready on the vchan" % size)
+                raise BlockingIOError(f"fewer than {size} bytes ready on the vchan")
         return bytes(buf)
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
