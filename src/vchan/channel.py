@@ -90,7 +90,10 @@ class Vchan:
             raise ValueError("recv size must not be negative")
         buf = bytearray(size)
         if size:
-            n = self._call(lambda ep: ep.recv(memoryview(buf), size))
+            try:
+                n = self._endpoint().recv(memoryview(buf), size)
+            except OSError as exc:
+                raise from_oserror(exc) from None
             if n == 0:
                 raise BlockingIOError(f"fewer than {size} bytes ready on the vchan")
         return bytes(buf)
@@ -110,7 +113,11 @@ class Vchan:
         view = memoryview(data).cast("B")
         if not len(view):
             return
-        if self._call(lambda ep: ep.send(view, len(view))) == 0:
+        try:
+            n = self._endpoint().send(view, len(view))
+        except OSError as exc:
+            raise from_oserror(exc) from None
+        if n == 0:
             raise BlockingIOError("not enough buffer space on the vchan")
 
     def _call(self, op: object) -> int:
