@@ -559,7 +559,7 @@ class Channel:
             elif self._state == WAITING:
                 space = self.write_ring - len(self._overflow)
             else:
-                space = self._measure_space()
+                space = max(self._measure_space(), self._promised)
             if size <= space:
                 taken = self._take(data, space)
                 self._promised = max(0, self._promised - taken)
