@@ -210,6 +210,16 @@ def bounded(fn: Callable[..., Any], *args: Any, timeout: float = TIMEOUT) -> Any
     return run_bg(fn, *args).result(timeout)
 
 
+def bounded_err(api: Any, fn: Callable[..., Any], *args: Any, timeout: float = TIMEOUT) -> Any:
+    """Like :func:`bounded`, returning ``(result, api.last_errno())`` read in that thread."""
+
+    def call() -> tuple[Any, int]:
+        ret = fn(*args)
+        return ret, api.last_errno()
+
+    return bounded(call, timeout=timeout)
+
+
 # ---------------------------------------------------------------------------------------
 # polling helpers
 

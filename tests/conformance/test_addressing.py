@@ -14,6 +14,7 @@ from tests.conftest import (
     VCHAN_CONNECTED,
     VCHAN_WAITING,
     bounded,
+    bounded_err,
     connected_pair,
     sock_path,
     wait_until,
@@ -103,10 +104,8 @@ def test_must_refuse_bad_vchan_domain_client(api, sockdir, monkeypatch, value):
     srv = api.libvchan_server_init(0, 1, 0, 0)
     assert srv is not None
     monkeypatch.setenv("VCHAN_DOMAIN", value)
-    assert bounded(api.libvchan_client_init, 0, 1) is None
-    assert api.last_errno() == errno.EINVAL
-    assert bounded(api.libvchan_client_init_async, 0, 1) is None
-    assert api.last_errno() == errno.EINVAL
+    assert bounded_err(api, api.libvchan_client_init, 0, 1) == (None, errno.EINVAL)
+    assert bounded_err(api, api.libvchan_client_init_async, 0, 1) == (None, errno.EINVAL)
     assert api.libvchan_is_open(srv) == VCHAN_WAITING
 
 
@@ -114,10 +113,8 @@ def test_must_refuse_bad_vchan_domain_client(api, sockdir, monkeypatch, value):
 def test_must_refuse_domain_or_port_out_of_range(api, sockdir, domain, port):
     assert api.libvchan_server_init(domain, port, 0, 0) is None
     assert api.last_errno() == errno.EINVAL
-    assert bounded(api.libvchan_client_init, domain, port) is None
-    assert api.last_errno() == errno.EINVAL
-    assert bounded(api.libvchan_client_init_async, domain, port) is None
-    assert api.last_errno() == errno.EINVAL
+    assert bounded_err(api, api.libvchan_client_init, domain, port) == (None, errno.EINVAL)
+    assert bounded_err(api, api.libvchan_client_init_async, domain, port) == (None, errno.EINVAL)
     assert os.listdir(sockdir) == []
 
 
@@ -149,10 +146,8 @@ def test_must_refuse_path_too_long_enametoolong(api, sockdir, monkeypatch, lengt
     monkeypatch.setenv("VCHAN_SOCKET_DIR", str(d))
     assert api.libvchan_server_init(0, 1, 0, 0) is None
     assert api.last_errno() == errno.ENAMETOOLONG
-    assert bounded(api.libvchan_client_init, 0, 1) is None
-    assert api.last_errno() == errno.ENAMETOOLONG
-    assert bounded(api.libvchan_client_init_async, 0, 1) is None
-    assert api.last_errno() == errno.ENAMETOOLONG
+    assert bounded_err(api, api.libvchan_client_init, 0, 1) == (None, errno.ENAMETOOLONG)
+    assert bounded_err(api, api.libvchan_client_init_async, 0, 1) == (None, errno.ENAMETOOLONG)
     # never truncated: nothing was created anywhere
     assert os.listdir(d) == []
     assert sorted(os.listdir(sockdir)) == [d.name]
@@ -166,12 +161,13 @@ def test_must_server_fail_enoent_when_dir_missing(api, sockdir, monkeypatch):
 
 def test_must_client_fail_at_once_when_dir_missing(api, sockdir, monkeypatch):
     monkeypatch.setenv("VCHAN_SOCKET_DIR", os.path.join(sockdir, "missing"))
-    assert bounded(api.libvchan_client_init, 0, 1, timeout=2) is None
-    assert api.last_errno() == errno.ENOENT
-    ret = bounded(api.libvchan_client_init_async, 0, 1, timeout=2)
+    assert bounded_err(api, api.libvchan_client_init, 0, 1, timeout=2) == (None, errno.ENOENT)
+    ret, err = bounded_err(api, api.libvchan_client_init_async, 0, 1, timeout=2)
     if ret is not None:  # allowed: fail on the first finish instead
-        assert bounded(api.libvchan_client_init_async_finish, ret[0], False, timeout=2) == -1
-    assert api.last_errno() == errno.ENOENT
+        finish = api.libvchan_client_init_async_finish
+        ret, err = bounded_err(api, finish, ret[0], False, timeout=2)
+        assert ret == -1
+    assert err == errno.ENOENT
 
 
 def test_must_not_remove_regular_file_at_path_eexist(api, sockdir):
