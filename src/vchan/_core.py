@@ -828,6 +828,13 @@ class Channel:
             if self.is_server:
                 self._unlink_if_ours()
             if self._overflow and self._state == CONNECTED and self._sock is not None:
+                # Notification no longer matters, so the kernel may take the rest beyond W
+                # (it has room up to 4 W): usually no thread has to outlive close().
+                try:
+                    self._flush_overflow(bounded=False)
+                except OSError:
+                    self._overflow.clear()
+            if self._overflow and self._state == CONNECTED and self._sock is not None:
                 self._handoff = True  # the pusher delivers the rest, then closes the socket
                 self._start_pusher()
             if self._busy == 0:
