@@ -448,6 +448,8 @@ class Channel:
                 if n > 0:
                     stash += memoryview(chunk)[:n]
                 eof = n == 0
+            elif size > self.read_ring:
+                eof = self._peer_gone()  # nothing to pull, so ask the socket directly
             if len(stash) >= size:
                 buf[:size] = stash[:size]
                 del stash[:size]
@@ -781,16 +783,19 @@ class Channel:
     def is_open(self) -> int:
         self._check_open()
         state = self._settle()
-        if state == CONNECTED:
-            sock = self._sock
-            assert sock is not None
-            p = select.poll()
-            p.register(sock.fileno(), _POLL_GONE)
-            if p.poll(0):
-                self._state = DISCONNECTED
-                with self._lock:
-                    self._overflow.clear()
+        if state == CONNECTED and self._peer_gone():
+            self._state = DISCONNECTED
+            with self._lock:
+                self._overflow.clear()
         return self._state
+
+    def _peer_gone(self) -> bool:
+        sock = self._sock
+        if sock is None:
+            return False
+        p = select.poll()
+        p.register(sock.fileno(), _POLL_GONE)
+        return bool(p.poll(0))
 
     def set_blocking(self, blocking: bool) -> None:
         self._check_open()
