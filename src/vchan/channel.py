@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import enum
 from types import TracebackType
-from typing import Protocol
 
-from . import _core
+from . import _backend, _config, _core
+from ._backend import Endpoint
 from .exceptions import from_oserror
 
-__all__ = ["State", "Vchan", "client", "server"]
+__all__ = ["Endpoint", "State", "Vchan", "client", "server"]
 
 
 class State(enum.IntEnum):
@@ -18,22 +18,6 @@ class State(enum.IntEnum):
     DISCONNECTED = _core.DISCONNECTED
     CONNECTED = _core.CONNECTED
     WAITING = _core.WAITING
-
-
-class Endpoint(Protocol):
-    """What a backend provides: libvchan semantics, failures raised as OSError with errno."""
-
-    def read(self, buf: memoryview, size: int) -> int: ...
-    def recv(self, buf: memoryview, size: int) -> int: ...
-    def write(self, data: memoryview, size: int) -> int: ...
-    def send(self, data: memoryview, size: int) -> int: ...
-    def wait(self) -> int: ...
-    def is_open(self) -> int: ...
-    def data_ready(self) -> int: ...
-    def buffer_space(self) -> int: ...
-    def set_blocking(self, blocking: bool) -> None: ...
-    def fileno(self) -> int: ...
-    def close(self) -> None: ...
 
 
 class Vchan:
@@ -185,26 +169,33 @@ class Vchan:
         return f"<Vchan fd={self.fileno()} {state}>"
 
 
-def _wrap(channel: _core.Channel) -> Vchan:
-    return Vchan(channel, read_ring=channel.read_ring, write_ring=channel.write_ring)
-
-
 def server(domain: int, port: int, read_min: int = 65536, write_min: int = 65536, *,
-           allow_any_uid: bool | None = None) -> Vchan:
-    """Listen for the client in ``domain`` on ``port``; returns at once, in WAITING state."""
+           allow_any_uid: bool | None = None, backend: str | None = None) -> Vchan:
+    """Listen for the client in ``domain`` on ``port``; returns at once, in WAITING state.
+
+    ``backend``: ``"python"`` (default), or a libvchan shared library (path, library name,
+    or ``NAME`` for ``libvchan-NAME.so``); ``None`` means ``$VCHAN_BACKEND`` or python.
+    """
     try:
-        return _wrap(_core.Channel.server(domain, port, read_min, write_min, allow_any_uid))
+        endpoint, read_ring, write_ring = _backend.start_server(
+            domain, port, read_min, write_min, allow_any_uid=allow_any_uid, backend=backend)
     except OSError as exc:
         raise from_oserror(exc) from None
+    return Vchan(endpoint, read_ring=read_ring, write_ring=write_ring)
 
 
 def client(domain: int, port: int, timeout: float | None = None, *,
-           allow_any_uid: bool | None = None) -> Vchan:
+           allow_any_uid: bool | None = None, backend: str | None = None) -> Vchan:
     """Connect to the server in ``domain`` on ``port``, waiting for it to appear.
 
     ``timeout`` (seconds) bounds the wait: :class:`ConnectTimeout` (a TimeoutError).
+    ``backend`` as for :func:`server`.
     """
     try:
-        return _wrap(_core.Channel.client(domain, port, timeout, allow_any_uid))
+        pending = _backend.start_client(domain, port, allow_any_uid=allow_any_uid,
+                                        backend=backend)
+        endpoint = _backend.wait_client(pending, timeout)
     except OSError as exc:
         raise from_oserror(exc) from None
+    rings = _config.CLIENT_RING if isinstance(endpoint, _core.Channel) else None
+    return Vchan(endpoint, read_ring=rings, write_ring=rings)

@@ -1,0 +1,294 @@
+"""Backends of the Pythonic API: the pure-Python engine, or any libvchan shared library.
+
+Like pyzmq's ``zmq.backend``, the Pythonic layer (:mod:`vchan.channel`, :mod:`vchan.asyncio`)
+talks to an *endpoint* with libvchan's semantics, whatever implements it:
+
+* ``"python"`` (the default): :class:`vchan._core.Channel`, the pure-Python engine;
+* anything else names a libvchan shared library, loaded with cffi in ABI mode through
+  :func:`vchan._cffi.load`: a path (``./libvchan-socket/build/libvchan-socket.so``), a
+  library name the dynamic linker finds (``libvchan-xen.so``), or a short name ``NAME``
+  standing for ``libvchan-NAME.so`` (``xen``, ``socket``).
+
+The choice is the ``backend=`` argument, else ``$VCHAN_BACKEND``, else ``"python"``.
+
+Connecting is the same for every backend: start an asynchronous client
+(``libvchan_client_init_async``), poll its watch fd, and call
+``libvchan_client_init_async_finish(handle, false)`` when it is readable. That gives
+``client(timeout=...)`` to C libraries, which have no timeout of their own, and gives
+:mod:`vchan.asyncio` a connection it can wait for on the event loop and cancel.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import threading
+import time
+from typing import Any, Protocol
+
+from . import _config, _core
+
+__all__ = [
+    "BACKEND_ENV", "CEndpoint", "PendingClient", "load_library", "resolve", "start_client",
+    "start_server", "wait_client",
+]
+
+#: Environment variable naming the default backend.
+BACKEND_ENV = "VCHAN_BACKEND"
+PYTHON = "python"
+
+
+class Endpoint(Protocol):
+    """libvchan semantics; failures raise OSError with an errno (as vchan.channel's)."""
+
+    def read(self, buf: memoryview, size: int) -> int: ...
+    def recv(self, buf: memoryview, size: int) -> int: ...
+    def write(self, data: memoryview, size: int) -> int: ...
+    def send(self, data: memoryview, size: int) -> int: ...
+    def wait(self) -> int: ...
+    def is_open(self) -> int: ...
+    def data_ready(self) -> int: ...
+    def buffer_space(self) -> int: ...
+    def set_blocking(self, blocking: bool) -> None: ...
+    def fileno(self) -> int: ...
+    def close(self) -> None: ...
+
+
+class PendingClient(Protocol):
+    """A client connection in progress (asynchronous init)."""
+
+    def fileno(self) -> int:
+        """The watch fd: poll it for readability, then call :meth:`finish`."""
+        ...
+
+    def finish(self, blocking: bool) -> int:
+        """0 once connected, 1 not yet; raises OSError on failure."""
+        ...
+
+    def endpoint(self) -> Endpoint:
+        """The connected endpoint (after :meth:`finish` returned 0)."""
+        ...
+
+    def close(self) -> None:
+        """Abandon the connection attempt (or close the connected endpoint)."""
+        ...
+
+
+# ------------------------------------------------------------------------------- selection
+
+_libs: dict[str, Any] = {}
+_libs_lock = threading.Lock()
+
+
+def resolve(backend: str | None) -> str:
+    """The backend name in effect: ``backend``, else ``$VCHAN_BACKEND``, else ``python``."""
+    if backend is None:
+        backend = os.environ.get(BACKEND_ENV) or PYTHON
+    if not isinstance(backend, str):
+        raise OSError(errno.EINVAL, f"backend must be a str, not {type(backend).__name__}")
+    backend = backend.strip()
+    if not backend:
+        raise OSError(errno.EINVAL, "empty backend name")
+    return backend
+
+
+def _library_spec(name: str) -> str:
+    if "/" in name or ".so" in name:
+        return name
+    return f"libvchan-{name}.so"
+
+
+def load_library(name: str) -> Any:
+    """Load (once per process) the libvchan shared library ``name`` names.
+
+    ``name`` is a path, a library name for the dynamic linker, or ``NAME`` for
+    ``libvchan-NAME.so``. Returns a :class:`vchan._cffi.CLibvchan`. Raises OSError
+    (EINVAL) with a one-line message if it cannot be loaded.
+    """
+    spec = _library_spec(name)
+    key = os.path.abspath(spec) if "/" in spec else spec
+    with _libs_lock:
+        lib = _libs.get(key)
+        if lib is not None:
+            return lib
+        from . import _cffi
+
+        try:
+            lib = _cffi.load(key)
+        except ImportError as exc:
+            raise OSError(errno.EINVAL, f"backend {name!r}: {exc}") from None
+        except OSError as exc:
+            raise OSError(errno.EINVAL,
+                          f"cannot load libvchan backend {name!r} ({spec}): {exc}") from None
+        _libs[key] = lib
+        return lib
+
+
+# --------------------------------------------------------------------------- C libraries
+
+
+class CEndpoint:
+    """An :class:`Endpoint` over a handle of a libvchan shared library.
+
+    -1 (or NULL) from the library becomes ``OSError(errno)``; use after :meth:`close`
+    raises ``OSError(EBADF)`` instead of handing a freed handle to the library.
+    """
+
+    def __init__(self, lib: Any, handle: Any) -> None:
+        self._lib = lib
+        self._h: Any = handle
+
+    def _handle(self) -> Any:
+        h = self._h
+        if h is None:
+            raise OSError(errno.EBADF, "vchan is closed")
+        return h
+
+    def _check(self, ret: int) -> int:
+        if ret < 0:
+            code = self._lib.last_errno() or errno.EIO
+            raise OSError(code, os.strerror(code))
+        return ret
+
+    def read(self, buf: memoryview, size: int) -> int:
+        return self._check(self._lib.libvchan_read(self._handle(), buf, size))
+
+    def recv(self, buf: memoryview, size: int) -> int:
+        return self._check(self._lib.libvchan_recv(self._handle(), buf, size))
+
+    def write(self, data: memoryview, size: int) -> int:
+        return self._check(self._lib.libvchan_write(self._handle(), data, size))
+
+    def send(self, data: memoryview, size: int) -> int:
+        return self._check(self._lib.libvchan_send(self._handle(), data, size))
+
+    def wait(self) -> int:
+        return self._check(self._lib.libvchan_wait(self._handle()))
+
+    def is_open(self) -> int:
+        return self._check(self._lib.libvchan_is_open(self._handle()))
+
+    def data_ready(self) -> int:
+        return self._check(self._lib.libvchan_data_ready(self._handle()))
+
+    def buffer_space(self) -> int:
+        return self._check(self._lib.libvchan_buffer_space(self._handle()))
+
+    def set_blocking(self, blocking: bool) -> None:
+        self._lib.libvchan_set_blocking(self._handle(), bool(blocking))
+
+    def fileno(self) -> int:
+        return self._check(self._lib.libvchan_fd_for_select(self._handle()))
+
+    def close(self) -> None:
+        h, self._h = self._h, None
+        if h is not None:
+            self._lib.libvchan_close(h)
+
+
+class _CPending:
+    def __init__(self, lib: Any, handle: Any, watch_fd: int) -> None:
+        self._ep = CEndpoint(lib, handle)
+        self._lib = lib
+        self._watch_fd = watch_fd
+
+    def fileno(self) -> int:
+        self._ep._handle()
+        return self._watch_fd
+
+    def finish(self, blocking: bool) -> int:
+        ret = self._lib.libvchan_client_init_async_finish(self._ep._handle(), blocking)
+        return self._ep._check(ret)
+
+    def endpoint(self) -> Endpoint:
+        return self._ep
+
+    def close(self) -> None:
+        self._ep.close()
+
+
+class _PyPending:
+    def __init__(self, channel: _core.Channel) -> None:
+        self._ch = channel
+
+    def fileno(self) -> int:
+        return self._ch.fileno()
+
+    def finish(self, blocking: bool) -> int:
+        return self._ch.finish(blocking)
+
+    def endpoint(self) -> Endpoint:
+        return self._ch
+
+    def close(self) -> None:
+        self._ch.close()
+
+
+def _no_uid_override(name: str, allow_any_uid: bool | None) -> None:
+    if allow_any_uid is not None:
+        raise OSError(errno.EINVAL,
+                      f"allow_any_uid= is only supported by the python backend; with "
+                      f"{name!r} set {_config.ALLOW_ANY_UID_ENV}=1 in the environment")
+
+
+# ------------------------------------------------------------------------------ operations
+
+
+def start_server(domain: int, port: int, read_min: int, write_min: int, *,
+                 allow_any_uid: bool | None = None, backend: str | None = None,
+                 ) -> tuple[Endpoint, int | None, int | None]:
+    """Listen (returns at once, WAITING): ``(endpoint, read_ring, write_ring)``.
+
+    Ring sizes are known for the python backend only (``None`` otherwise).
+    """
+    name = resolve(backend)
+    if name == PYTHON:
+        ch = _core.Channel.server(domain, port, read_min, write_min, allow_any_uid)
+        return ch, ch.read_ring, ch.write_ring
+    _no_uid_override(name, allow_any_uid)
+    lib = load_library(name)
+    h = lib.libvchan_server_init(domain, port, read_min, write_min)
+    if h is None:
+        code = lib.last_errno() or errno.EIO
+        raise OSError(code, os.strerror(code))
+    return CEndpoint(lib, h), None, None
+
+
+def start_client(domain: int, port: int, *, allow_any_uid: bool | None = None,
+                 backend: str | None = None) -> PendingClient:
+    """Begin connecting to the server in ``domain`` on ``port`` without blocking."""
+    name = resolve(backend)
+    if name == PYTHON:
+        return _PyPending(_core.Channel.client_start(domain, port, allow_any_uid))
+    _no_uid_override(name, allow_any_uid)
+    lib = load_library(name)
+    ret = lib.libvchan_client_init_async(domain, port)
+    if ret is None:
+        code = lib.last_errno() or errno.EIO
+        raise OSError(code, os.strerror(code))
+    handle, watch_fd = ret
+    return _CPending(lib, handle, watch_fd)
+
+
+def wait_client(pending: PendingClient, timeout: float | None) -> Endpoint:
+    """Complete ``pending`` by polling its watch fd; ETIMEDOUT after ``timeout`` seconds.
+
+    On any failure (timeout included) the attempt is closed.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        while pending.finish(False) != 0:
+            poller = select.poll()
+            poller.register(pending.fileno(), select.POLLIN)
+            if deadline is None:
+                poller.poll()
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0 or not poller.poll(max(1, int(left * 1000 + 0.999))):
+                if time.monotonic() >= deadline:
+                    raise OSError(errno.ETIMEDOUT, "timed out waiting for the vchan server")
+        return pending.endpoint()
+    except BaseException:
+        pending.close()
+        raise

@@ -1,0 +1,168 @@
+"""The Pythonic API over any libvchan shared library (vchan._backend): selection, interop."""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+import vchan
+from tests.conftest import CLIB, TIMEOUT, _build_clib, bounded, wait_until
+from vchan import _backend, _core
+from vchan._backend import CEndpoint
+
+ALL = ["python", "c"]
+
+
+def clib_path() -> str:
+    """Path of our C library, built if needed; skips the test if it is not written yet."""
+    reason = _build_clib()
+    if reason is not None:
+        pytest.skip(reason)
+    return str(CLIB)
+
+
+def backend_arg(name: str) -> str:
+    return "python" if name == "python" else clib_path()
+
+
+@pytest.fixture(params=ALL)
+def backend(request: pytest.FixtureRequest, sockdir: str) -> Iterator[str]:
+    """A backend argument: ``python`` or the path of our C library."""
+    yield backend_arg(request.param)
+
+
+# ---------------------------------------------------------------------------- selection
+
+
+def test_default_backend_is_python(sockdir, monkeypatch):
+    monkeypatch.delenv(_backend.BACKEND_ENV, raising=False)
+    assert _backend.resolve(None) == "python"
+    with vchan.server(1, 5) as srv:
+        assert srv.read_ring == 65536
+        assert isinstance(srv._endpoint(), _core.Channel)
+
+
+def test_env_selects_backend(sockdir, monkeypatch):
+    monkeypatch.setenv(_backend.BACKEND_ENV, "python")
+    assert _backend.resolve(None) == "python"
+    assert _backend.resolve("/x/lib.so") == "/x/lib.so"  # the argument wins
+    path = clib_path()
+    monkeypatch.setenv(_backend.BACKEND_ENV, path)
+    with vchan.server(1, 5) as srv:
+        assert isinstance(srv._endpoint(), CEndpoint)
+        assert srv.read_ring is None  # unknown for C libraries
+
+
+def test_unloadable_backend_is_a_clear_error(sockdir):
+    with pytest.raises(vchan.InvalidArgument, match="cannot load libvchan backend 'nosuch'"):
+        vchan.server(1, 5, backend="nosuch")
+    with pytest.raises(vchan.InvalidArgument, match="/nonexistent/lib.so"):
+        vchan.client(1, 5, backend="/nonexistent/lib.so")
+    assert os.listdir(sockdir) == []
+
+
+def test_short_names_mean_libvchan_name_so():
+    assert _backend._library_spec("xen") == "libvchan-xen.so"
+    assert _backend._library_spec("libvchan-xen.so") == "libvchan-xen.so"
+    assert _backend._library_spec("./x") == "./x"
+
+
+def test_load_library_is_cached():
+    path = clib_path()
+    assert _backend.load_library(path) is _backend.load_library(path)
+
+
+def test_allow_any_uid_needs_python_backend(sockdir):
+    path = clib_path()
+    with pytest.raises(vchan.InvalidArgument, match="VCHAN_ALLOW_ANY_UID"):
+        vchan.server(1, 5, allow_any_uid=True, backend=path)
+
+
+# ---------------------------------------------------------------------------- behaviour
+
+
+def test_round_trip(backend, sockdir):
+    with vchan.server(0, 7, backend=backend) as srv:
+        assert srv.state == vchan.State.WAITING
+        with vchan.client(0, 7, timeout=TIMEOUT, backend=backend) as cli:
+            wait_until(lambda: srv.state == vchan.State.CONNECTED)
+            cli.send(b"hello")
+            assert srv.recv(5) == b"hello"
+            srv.write(b"world!")
+            assert bounded(cli.recv, 6) == b"world!"
+            p = select.poll()
+            p.register(srv.fileno(), select.POLLIN)
+            assert p.poll(int(TIMEOUT * 1000))
+            srv.wait()
+        assert srv.read() == b""  # end of stream once the client closed
+        assert srv.state == vchan.State.DISCONNECTED
+
+
+@pytest.mark.parametrize(("srv_name", "cli_name"), [("python", "c"), ("c", "python")])
+def test_backends_interoperate(srv_name, cli_name, sockdir):
+    data = os.urandom(300_000)
+    with vchan.server(0, 8, backend=backend_arg(srv_name)) as srv:
+        with vchan.client(0, 8, timeout=TIMEOUT, backend=backend_arg(cli_name)) as cli:
+            writer = bounded(lambda: cli.write(data))
+            assert writer == len(data)
+            got = bytearray()
+            while len(got) < len(data):
+                got += bounded(srv.read)
+            assert bytes(got) == data
+
+
+def test_client_timeout(backend, sockdir):
+    t0 = time.monotonic()
+    with pytest.raises(vchan.ConnectTimeout):
+        vchan.client(0, 9, timeout=0.2, backend=backend)
+    assert 0.15 < time.monotonic() - t0 < TIMEOUT
+
+
+def test_client_timeout_zero_and_missing_dir(backend, sockdir, monkeypatch):
+    with pytest.raises(vchan.ConnectTimeout):
+        vchan.client(0, 9, timeout=0, backend=backend)
+    monkeypatch.setenv("VCHAN_SOCKET_DIR", os.path.join(sockdir, "missing"))
+    with pytest.raises(vchan.SocketDirMissing):
+        vchan.client(0, 9, timeout=1, backend=backend)
+
+
+def test_client_waits_for_a_late_server(backend, sockdir):
+    """The timeout-capable client (async init + poll) connects when the server appears."""
+    env = dict(os.environ, VCHAN_BACKEND=backend)
+    code = (
+        "from vchan import _backend as b; p = b.start_client(0, 10); print('started', "
+        f"flush=True); ep = b.wait_client(p, {TIMEOUT!r}); ep.send(memoryview(b'late'), 4); "
+        "ep.close()"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"started\n"  # the client is waiting now
+        with vchan.server(0, 10, backend=backend) as srv:
+            assert bounded(srv.recv, 4) == b"late"
+        assert proc.wait(TIMEOUT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_use_after_close_and_errors_map(backend, sockdir):
+    srv = vchan.server(0, 11, backend=backend)
+    ep = srv._endpoint()
+    srv.close()
+    with pytest.raises(ValueError):
+        srv.read()
+    if isinstance(ep, CEndpoint):
+        with pytest.raises(OSError) as info:
+            ep.data_ready()
+        assert info.value.errno == errno.EBADF
+    with pytest.raises(vchan.InvalidArgument):
+        vchan.server(40000, 1, backend=backend)
