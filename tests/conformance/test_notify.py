@@ -1,0 +1,324 @@
+"""SPEC §5 (notification): fd_for_select() and wait()."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from tests.conftest import (
+    SETTLE,
+    TIMEOUT,
+    VCHAN_CONNECTED,
+    VCHAN_DISCONNECTED,
+    bounded,
+    connected_pair,
+    fd_readable,
+    pattern,
+    read_exact,
+    run_bg,
+    settle,
+    sock_path,
+    wait_until,
+)
+
+
+def _fd(api, h) -> int:
+    return api.libvchan_fd_for_select(h)
+
+
+def _fill(api, h) -> int:
+    api.libvchan_set_blocking(h, False)
+    total = 0
+    data = bytes(65536)
+    while (n := api.libvchan_write(h, data, len(data))) > 0:
+        total += n
+    assert n == 0
+    return total
+
+
+# ---------------------------------------------------------------------------- fd number
+
+
+def test_must_select_fd_same_number_from_init_to_close_server(api, sockdir):
+    srv = api.libvchan_server_init(0, 1, 0, 0)
+    fd = _fd(api, srv)
+    assert fd >= 0
+    assert api.libvchan_send(srv, b"hello", 5) == 5
+    assert _fd(api, srv) == fd
+    cli = bounded(api.libvchan_client_init, 0, 1)
+    wait_until(lambda: api.libvchan_is_open(srv) == VCHAN_CONNECTED)
+    assert _fd(api, srv) == fd
+    assert read_exact(api, cli, 5) == b"hello"
+    assert api.libvchan_send(cli, b"x", 1) == 1
+    assert read_exact(api, srv, 1) == b"x"
+    assert _fd(api, srv) == fd
+    api.libvchan_close(cli)
+    wait_until(lambda: api.libvchan_is_open(srv) == VCHAN_DISCONNECTED)
+    assert _fd(api, srv) == fd
+
+
+def test_must_select_fd_same_number_from_init_to_close_client(api, sockdir):
+    srv = api.libvchan_server_init(0, 1, 0, 0)
+    cli = bounded(api.libvchan_client_init, 0, 1)
+    fd = _fd(api, cli)
+    assert fd >= 0
+    assert api.libvchan_send(srv, b"y", 1) == 1
+    assert read_exact(api, cli, 1) == b"y"
+    assert _fd(api, cli) == fd
+    api.libvchan_close(srv)
+    wait_until(lambda: api.libvchan_is_open(cli) == VCHAN_DISCONNECTED)
+    assert _fd(api, cli) == fd
+
+
+def test_must_select_fd_same_number_async_client(api, sockdir):
+    ret = api.libvchan_client_init_async(0, 1)
+    assert ret is not None
+    h, watch = ret
+    assert _fd(api, h) == watch
+    api.libvchan_server_init(0, 1, 0, 0)
+    assert bounded(api.libvchan_client_init_async_finish, h, True) == 0
+    assert _fd(api, h) == watch
+
+
+# ---------------------------------------------------------------------------- events
+
+
+def test_must_waiting_server_fd_not_readable_before_client_connects(api, sockdir):
+    srv = api.libvchan_server_init(0, 1, 0, 0)
+    fd = _fd(api, srv)
+    assert not fd_readable(fd, SETTLE)
+    # qrexec sends a handshake before any client exists: still not "connected"
+    assert api.libvchan_send(srv, b"hs", 2) == 2
+    assert api.libvchan_data_ready(srv) == 0
+    assert api.libvchan_buffer_space(srv) >= 0
+    assert api.libvchan_is_open(srv) == 2
+    assert not fd_readable(fd, SETTLE)
+
+
+def test_must_server_fd_readable_when_client_connected_qrexec_pattern(api, sockdir):
+    """qrexec: one poll() on the fd, one wait(), then the channel is treated as connected."""
+    srv = api.libvchan_server_init(0, 1, 0, 0)
+    fd = _fd(api, srv)
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        c.connect(str(sock_path(sockdir, 0, 0, 1)))
+        assert fd_readable(fd, TIMEOUT)
+        assert bounded(api.libvchan_wait, srv) == 0
+        assert api.libvchan_is_open(srv) == VCHAN_CONNECTED
+    finally:
+        c.close()
+
+
+def test_must_wait_on_waiting_server_blocks_until_client_connects(api, sockdir):
+    srv = api.libvchan_server_init(0, 1, 0, 0)
+    bg = run_bg(api.libvchan_wait, srv)
+    bg.assert_blocked()
+    cli = bounded(api.libvchan_client_init, 0, 1)
+    assert cli is not None
+    assert bg.result() == 0
+    assert api.libvchan_is_open(srv) == VCHAN_CONNECTED
+
+
+def test_must_fd_readable_after_data_arrives(api, sockdir):
+    srv, cli = connected_pair(api)
+    for h, peer in ((srv, cli), (cli, srv)):
+        settle(api, h)
+        assert api.libvchan_data_ready(h) == 0
+        assert not fd_readable(_fd(api, h))
+        assert api.libvchan_send(peer, b"data", 4) == 4
+        assert fd_readable(_fd(api, h), TIMEOUT)
+
+
+def test_must_fd_readable_after_peer_consumed_data(api, sockdir):
+    srv, cli = connected_pair(api)
+    accepted = _fill(api, srv)
+    settle(api, srv)
+    api.libvchan_buffer_space(srv)  # called while full: must not swallow the coming event
+    assert not fd_readable(_fd(api, srv))
+    assert read_exact(api, cli, accepted) == bytes(accepted)
+    assert fd_readable(_fd(api, srv), TIMEOUT), "space freed but writer not woken"
+
+
+@pytest.mark.parametrize("closer", ["client", "server"])
+def test_must_fd_readable_after_peer_closes(api, sockdir, closer):
+    srv, cli = connected_pair(api)
+    gone, stay = (cli, srv) if closer == "client" else (srv, cli)
+    settle(api, stay)
+    api.libvchan_close(gone)
+    assert fd_readable(_fd(api, stay), TIMEOUT)
+    assert bounded(api.libvchan_wait, stay) == 0
+    assert api.libvchan_is_open(stay) == VCHAN_DISCONNECTED
+
+
+def test_must_fd_readable_after_plain_peer_closes_with_our_data_unread(api, sockdir):
+    srv = api.libvchan_server_init(0, 1, 0, 0)
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    c.connect(str(sock_path(sockdir, 0, 0, 1)))
+    wait_until(lambda: api.libvchan_is_open(srv) == VCHAN_CONNECTED)
+    settle(api, srv)
+    # the peer vanishes with our data unread in its queue (ECONNRESET on our side)
+    assert api.libvchan_send(srv, b"unread", 6) == 6
+    c.close()
+    assert fd_readable(_fd(api, srv), TIMEOUT)
+    assert api.libvchan_is_open(srv) == VCHAN_DISCONNECTED
+
+
+# ---------------------------------------------------------------------------- only wait() clears
+
+
+def _make_readable_by_data(api, h, peer) -> None:
+    settle(api, h)
+    assert api.libvchan_send(peer, b"0123456789", 10) == 10
+    assert fd_readable(_fd(api, h), TIMEOUT)
+    wait_until(lambda: api.libvchan_data_ready(h) == 10)
+
+
+CALLS = ["read_some", "read_all", "recv", "write", "send", "data_ready", "buffer_space", "is_open"]
+
+
+def _do(api, h, call: str) -> None:
+    buf = bytearray(100)
+    if call == "read_some":
+        assert api.libvchan_read(h, buf, 3) > 0
+    elif call == "read_all":
+        assert read_exact(api, h, 10) == b"0123456789"
+    elif call == "recv":
+        assert api.libvchan_recv(h, buf, 10) == 10
+    elif call == "write":
+        assert api.libvchan_write(h, b"w", 1) == 1
+    elif call == "send":
+        assert api.libvchan_send(h, b"s", 1) == 1
+    elif call == "data_ready":
+        assert api.libvchan_data_ready(h) == 10
+    elif call == "buffer_space":
+        assert api.libvchan_buffer_space(h) > 0
+    elif call == "is_open":
+        assert api.libvchan_is_open(h) == VCHAN_CONNECTED
+
+
+@pytest.mark.parametrize("call", CALLS)
+@pytest.mark.parametrize("mode", ["blocking", "nonblocking"])
+def test_must_only_wait_clears_readiness(api, sockdir, call, mode):
+    srv, cli = connected_pair(api)
+    api.libvchan_set_blocking(srv, mode == "blocking")
+    _make_readable_by_data(api, srv, cli)
+    for _ in range(1 if call in ("read_all", "recv") else 3):
+        _do(api, srv, call)
+    assert fd_readable(_fd(api, srv)), f"{call}() swallowed the event"
+    assert bounded(api.libvchan_wait, srv, timeout=1) == 0
+
+
+@pytest.mark.parametrize("call", ["data_ready", "buffer_space", "is_open"])
+def test_must_only_wait_clears_client_connected_event(api, sockdir, call):
+    srv = api.libvchan_server_init(0, 1, 0, 0)
+    cli = bounded(api.libvchan_client_init, 0, 1)
+    assert cli is not None
+    for _ in range(3):
+        getattr(api, f"libvchan_{call}")(srv)
+    assert api.libvchan_is_open(srv) == VCHAN_CONNECTED
+    assert fd_readable(_fd(api, srv), TIMEOUT), f"{call}() swallowed the connect event"
+    assert bounded(api.libvchan_wait, srv, timeout=1) == 0
+
+
+def test_must_wait_blocks_until_readable_then_returns_0_and_clears(api, sockdir):
+    srv, cli = connected_pair(api)
+    settle(api, srv)
+    bg = run_bg(api.libvchan_wait, srv)
+    bg.assert_blocked()
+    assert api.libvchan_send(cli, b"!", 1) == 1
+    assert bg.result() == 0
+    assert not fd_readable(_fd(api, srv), SETTLE)
+
+
+# ---------------------------------------------------------------------------- no spinning
+
+
+@pytest.mark.parametrize("side", ["server", "client"])
+def test_must_no_spinning_fd_unreadable_after_wait_while_unread_data_waits(api, sockdir, side):
+    srv, cli = connected_pair(api)
+    h, peer = (srv, cli) if side == "server" else (cli, srv)
+    settle(api, h)
+    assert api.libvchan_send(peer, b"unread", 6) == 6
+    assert fd_readable(_fd(api, h), TIMEOUT)
+    assert bounded(api.libvchan_wait, h) == 0
+    wait_until(lambda: api.libvchan_data_ready(h) == 6)
+    assert not fd_readable(_fd(api, h), SETTLE), "fd readable again with nothing new"
+    assert api.libvchan_data_ready(h) == 6
+    # and a blocked wait() sleeps until something new happens
+    bg = run_bg(api.libvchan_wait, h)
+    bg.assert_blocked()
+    assert api.libvchan_send(peer, b"new", 3) == 3
+    assert bg.result() == 0
+
+
+def test_must_no_spinning_when_own_output_full(api, sockdir):
+    """An application whose output is full stops reading; wait() must let it sleep."""
+    srv, cli = connected_pair(api)
+    _fill(api, srv)
+    assert api.libvchan_send(cli, b"in", 2) == 2
+    wait_until(lambda: api.libvchan_data_ready(srv) == 2)
+    settle(api, srv)
+    assert not fd_readable(_fd(api, srv), SETTLE)
+
+
+def test_must_no_spinning_after_disconnect_wait(api, sockdir):
+    srv, cli = connected_pair(api)
+    settle(api, srv)
+    assert api.libvchan_send(cli, b"bye", 3) == 3
+    api.libvchan_close(cli)
+    wait_until(lambda: api.libvchan_is_open(srv) == VCHAN_DISCONNECTED)
+    settle(api, srv)
+    assert not fd_readable(_fd(api, srv), SETTLE)
+    assert api.libvchan_data_ready(srv) == 3
+
+
+# ---------------------------------------------------------------------------- no lost wake-up
+
+
+def test_must_no_lost_wakeup_data_after_data_ready_returned(api, sockdir):
+    srv, cli = connected_pair(api)
+    for i in range(20):
+        settle(api, srv)
+        assert api.libvchan_data_ready(srv) == 0
+        assert api.libvchan_send(cli, b"z", 1) == 1
+        assert fd_readable(_fd(api, srv), TIMEOUT), f"round {i}: event lost"
+        assert read_exact(api, srv, 1) == b"z"
+
+
+def test_must_no_lost_wakeup_space_after_buffer_space_returned(api, sockdir):
+    srv, cli = connected_pair(api)
+    for i in range(3):
+        accepted = _fill(api, srv)
+        settle(api, srv)
+        assert api.libvchan_buffer_space(srv) == 0
+        assert read_exact(api, cli, accepted) == bytes(accepted)  # _fill writes zeros
+        assert fd_readable(_fd(api, srv), TIMEOUT), f"round {i}: space event lost"
+
+
+def test_must_no_lost_wakeup_concurrent_waiter(api, sockdir):
+    """A thread in the classic loop (data_ready, else wait) always sees every message."""
+    srv, cli = connected_pair(api)
+    settle(api, srv)
+    n_msgs = 200
+
+    def consumer() -> bytes:
+        out = bytearray()
+        buf = bytearray(100)
+        while len(out) < n_msgs:
+            if api.libvchan_data_ready(srv) == 0:
+                assert api.libvchan_wait(srv) == 0
+                continue
+            n = api.libvchan_read(srv, buf, 100)
+            assert n > 0
+            out += buf[:n]
+        return bytes(out)
+
+    bg = run_bg(consumer)
+    msg = pattern(n_msgs)
+    for i in range(n_msgs):
+        assert api.libvchan_send(cli, msg[i : i + 1], 1) == 1
+        if i % 10 == 0:
+            time.sleep(0.001)  # pacing: let the consumer catch up and block sometimes
+    assert bg.result() == msg
