@@ -1,0 +1,1 @@
+"""vchan benchmarks: ``python -m bench`` (``make bench``). See bench/README.md."""

@@ -1,0 +1,188 @@
+"""One end of a benchmark case over the pure-Python implementation (``python -m bench.pydriver``).
+
+The same cases, handshakes and JSON output as the C driver ``bench/c/vbench.c``; see there
+and bench/README.md. ``--api blocking`` uses the Pythonic API (:mod:`vchan`) as an ordinary
+program would; ``--api asyncio`` uses :mod:`vchan.asyncio` inside one event loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import select
+import sys
+import time
+from typing import Any
+
+PING = 64
+_now = time.monotonic_ns  # CLOCK_MONOTONIC, the clock the C driver uses
+
+
+def _cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)  # every thread of this process
+    return ru.ru_utime + ru.ru_stime
+
+
+def load_pattern(path: str) -> bytes:
+    with open(path, "rb") as f:
+        data = f.read()
+    return data + data[:65536]  # a read may cross the pattern's end
+
+
+class Fail(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------- blocking API
+
+
+def run_blocking(a: argparse.Namespace, pat: bytes) -> list[dict[str, Any]]:
+    import vchan
+
+    plen = len(pat) - 65536
+    if a.role == "server":
+        ch = vchan.server(a.domain, a.port, a.ring, a.ring)
+    else:
+        ch = vchan.client(a.domain, a.port, timeout=30)
+    reps: list[dict[str, Any]] = []
+    try:
+        if a.case == "stream":
+            for _ in range(a.reps):
+                reps.append(_stream_rep(ch, a, pat, plen))
+            return reps
+        sel = a.case == "pingsel"
+        seq = [0]
+        ok = [True]
+        for _ in range(a.warmup):
+            _ping_one(ch, a.role == "server", sel, pat, plen, seq, ok)
+        for _ in range(a.reps):
+            rtts: list[int] = []
+            ok = [True]
+            cpu0 = _cpu()
+            t0 = _now()
+            for _ in range(a.count):
+                rtt = _ping_one(ch, a.role == "server", sel, pat, plen, seq, ok)
+                if rtt is not None:
+                    rtts.append(rtt)
+            t1 = _now()
+            rep: dict[str, Any] = {"t0": t0, "t1": t1, "cpu": _cpu() - cpu0, "verified": ok[0]}
+            if a.role == "client":
+                rep["rtt_ns"] = rtts
+            reps.append(rep)
+        return reps
+    finally:
+        ch.close()
+
+
+def _stream_rep(ch: Any, a: argparse.Namespace, pat: bytes, plen: int) -> dict[str, Any]:
+    total, chunk = a.total, a.chunk
+    if a.role == "server":  # the sender
+        if ch.recv(1) != b"R":
+            raise Fail("bad start byte")
+        cpu0 = _cpu()
+        t0 = _now()
+        view = memoryview(pat)
+        write = ch.write
+        off = 0
+        while off < total:
+            n = min(chunk, total - off)
+            o = off % plen
+            if write(view[o:o + n]) != n:
+                raise Fail("short blocking write")
+            off += n
+        if ch.recv(1) != b"D":
+            raise Fail("bad end byte")
+        return {"t0": t0, "t1": 0, "cpu": _cpu() - cpu0, "verified": True}
+    buf = bytearray(a.ring)
+    view = memoryview(buf)
+    readinto = ch.readinto
+    startswith = pat.startswith
+    cpu0 = _cpu()
+    t0 = _now()
+    ch.send(b"R")
+    ok = True
+    got = 0
+    while got < total:
+        want = min(a.ring, total - got)
+        k = readinto(view[:want])
+        if k <= 0:
+            raise Fail(f"read returned {k} after {got} bytes")
+        if not startswith(view[:k], got % plen):  # memcmp against the pattern, no copy
+            ok = False
+        got += k
+    t1 = _now()
+    ch.send(b"D")
+    return {"t0": t0, "t1": t1, "cpu": _cpu() - cpu0, "verified": ok}
+
+
+def _get(ch: Any, sel: bool) -> bytes:
+    if sel:  # how event loops receive: poll the fd, wait(), data_ready(), recv()
+        p = select.poll()
+        p.register(ch.fileno(), select.POLLIN)
+        while ch.data_ready() < PING:
+            p.poll()
+            ch.wait()
+    data: bytes = ch.recv(PING)
+    return data
+
+
+def _ping_one(ch: Any, server: bool, sel: bool, pat: bytes, plen: int, seq: list[int],
+              ok: list[bool]) -> int | None:
+    o = (seq[0] * PING) % plen
+    seq[0] += 1
+    msg = pat[o:o + PING]
+    if server:
+        got = _get(ch, sel)
+        if got != msg:
+            ok[0] = False
+        ch.send(got)
+        return None
+    t = _now()
+    ch.send(msg)
+    got = _get(ch, sel)
+    rtt = _now() - t
+    if got != msg:
+        ok[0] = False
+    return rtt
+
+
+# ---------------------------------------------------------------------------- asyncio API
+
+
+def run_asyncio(a: argparse.Namespace, pat: bytes) -> list[dict[str, Any]]:
+    from bench import pyasync
+
+    return pyasync.run(a, pat)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.pydriver")
+    p.add_argument("--api", choices=["blocking", "asyncio"], default="blocking")
+    p.add_argument("--role", choices=["server", "client"], required=True)
+    p.add_argument("--case", choices=["stream", "ping", "pingsel"], required=True)
+    p.add_argument("--pattern", required=True)
+    p.add_argument("--domain", type=int, required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--chunk", type=int, default=4096)
+    p.add_argument("--total", type=int, default=1 << 20)
+    p.add_argument("--ring", type=int, default=65536)
+    p.add_argument("--reps", type=int, default=1)
+    p.add_argument("--count", type=int, default=1000)
+    p.add_argument("--warmup", type=int, default=100)
+    a = p.parse_args(argv)
+    pat = load_pattern(a.pattern)
+    out: dict[str, Any] = {"ok": True, "role": a.role}
+    try:
+        out["reps"] = run_asyncio(a, pat) if a.api == "asyncio" else run_blocking(a, pat)
+    except Exception as exc:  # reported to the orchestrator, which fails the case
+        out = {"ok": False, "role": a.role, "reps": [], "error": f"{type(exc).__name__}: {exc}"}
+    sys.stdout.write(json.dumps(out) + "\n")
+    sys.stdout.flush()
+    return 0 if out["ok"] else 1
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    raise SystemExit(main())
