@@ -1,0 +1,612 @@
+/*
+ * init.c - channel set-up: validation, paths, server listen/accept, client connect.
+ *
+ * SPDX-License-Identifier: MIT
+ * Copyright (c) 2026 The vchan developers
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/inotify.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/timerfd.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define EPOLL_SOCK_EVENTS (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)
+#define INOTIFY_MASK (IN_CREATE | IN_MOVED_TO | IN_DELETE | IN_MOVED_FROM | IN_ATTRIB)
+
+static struct libvchan *vchan__alloc(void)
+{
+	struct libvchan *c = calloc(1, sizeof(*c));
+
+	if (!c) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	c->pid = getpid();
+	c->epfd = c->sock = c->listen_fd = c->ino_fd = c->tfd = -1;
+	c->refs = 1;
+	c->blocking = 1;
+	c->state = VCHAN_WAITING;
+	c->allow_any_uid = vchan__env_allow_any_uid();
+	pthread_mutex_init(&c->slock, NULL);
+	pthread_mutex_init(&c->wlock, NULL);
+	pthread_mutex_init(&c->rlock, NULL);
+	c->epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (c->epfd < 0) {
+		int saved = errno;
+
+		pthread_mutex_destroy(&c->slock);
+		pthread_mutex_destroy(&c->wlock);
+		pthread_mutex_destroy(&c->rlock);
+		free(c);
+		errno = saved;
+		return NULL;
+	}
+	return c;
+}
+
+/* Free a handle that never left init (no other thread can know it). errno kept. */
+static void vchan__abort(struct libvchan *c)
+{
+	int saved = errno;
+
+	libvchan_close(c);
+	errno = saved;
+}
+
+static int vchan__epoll_add(int epfd, int fd, uint32_t events)
+{
+	struct epoll_event ev = { .events = events, .data.fd = fd };
+
+	return epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev);
+}
+
+static void vchan__epoll_del(int epfd, int fd)
+{
+	struct epoll_event ev = { 0 };
+
+	(void)epoll_ctl(epfd, EPOLL_CTL_DEL, fd, &ev);
+}
+
+static socklen_t vchan__addr(struct sockaddr_un *sa, const char *path)
+{
+	size_t len = strlen(path);
+
+	memset(sa, 0, sizeof(*sa));
+	sa->sun_family = AF_UNIX;
+	memcpy(sa->sun_path, path, len + 1);
+	return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len + 1);
+}
+
+static int vchan__check_args(int domain, int port)
+{
+	if (domain < 0 || domain >= VCHAN__DOMAIN_LIMIT || port < 0) {
+		errno = EINVAL;
+		return -1;
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------------------------ server */
+
+/* Whether /proc/net/unix lists a listening socket bound at `path`. */
+static bool vchan__listening_at(const char *path)
+{
+	FILE *f = fopen("/proc/net/unix", "re");
+	char *line = NULL;
+	size_t cap = 0;
+	ssize_t len;
+	bool found = false;
+
+	if (!f)
+		return false;
+	while (!found && (len = getline(&line, &cap, f)) > 0) {
+		unsigned flags = 0, st = 0;
+		int off = -1;
+
+		if (line[len - 1] == '\n')
+			line[--len] = '\0';
+		if (sscanf(line, "%*s %*x %*x %x %*x %x %*u %n", &flags, &st, &off) < 2 ||
+		    off < 0)
+			continue;
+		/* __SO_ACCEPTCON: the socket is listening */
+		if ((flags & 0x10000) && strcmp(line + off, path) == 0)
+			found = true;
+	}
+	free(line);
+	fclose(f);
+	return found;
+}
+
+/* Make the path free for bind(): replace a stale socket, refuse anything else. */
+static int vchan__claim_path(const char *path)
+{
+	struct stat st;
+
+	if (lstat(path, &st) != 0)
+		return errno == ENOENT ? 0 : -1;
+	if (!S_ISSOCK(st.st_mode)) {
+		errno = EEXIST;
+		return -1;
+	}
+	if (vchan__listening_at(path)) {
+		errno = EADDRINUSE;
+		return -1;
+	}
+	if (unlink(path) != 0 && errno != ENOENT)
+		return -1;
+	return 0;
+}
+
+/* socket + bind + listen(0) at c->path; records the bound inode. Returns the fd. */
+static int vchan__listen(struct libvchan *c)
+{
+	struct sockaddr_un sa;
+	socklen_t len = vchan__addr(&sa, c->path);
+	struct stat st;
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+
+	if (fd < 0)
+		return -1;
+	if (bind(fd, (struct sockaddr *)&sa, len) != 0)
+		goto fail;
+	if (lstat(c->path, &st) == 0) {
+		c->bound = true;
+		c->bound_dev = st.st_dev;
+		c->bound_ino = st.st_ino;
+	}
+	if (listen(fd, 0) != 0)
+		goto fail;
+	return fd;
+fail:
+	vchan__close_fd(fd);
+	return -1;
+}
+
+/* Remove our socket file if the path still names the socket we bound (slock held). */
+static void vchan__unlink_if_ours(struct libvchan *c)
+{
+	struct stat st;
+	int saved = errno;
+
+	if (!c->bound)
+		return;
+	c->bound = false;
+	if (lstat(c->path, &st) == 0 && S_ISSOCK(st.st_mode) && st.st_dev == c->bound_dev &&
+	    st.st_ino == c->bound_ino)
+		(void)unlink(c->path);
+	errno = saved;
+}
+
+/*
+ * The listener was shut down for an accept that did not give us our client (refused
+ * uid, or the pending connection vanished): listen again at the same path, under the same
+ * descriptor number (slock held). On failure the server can never connect: DISCONNECTED.
+ */
+static void vchan__relisten(struct libvchan *c)
+{
+	int fd;
+
+	vchan__epoll_del(c->epfd, c->listen_fd);
+	vchan__unlink_if_ours(c);
+	fd = vchan__listen(c);
+	if (fd >= 0) {
+		if (dup3(fd, c->listen_fd, O_CLOEXEC) < 0) {
+			vchan__close_fd(fd);
+			fd = -1;
+		} else {
+			vchan__close_fd(fd);
+			fd = c->listen_fd;
+			if (vchan__epoll_add(c->epfd, fd, EPOLLIN) != 0)
+				fd = -1;
+		}
+	}
+	if (fd < 0) {
+		vchan__unlink_if_ours(c);
+		vchan__store(&c->state, VCHAN_DISCONNECTED);
+	}
+}
+
+/*
+ * A WAITING server takes its client if one is pending. The listener is shut down before
+ * accept4() so that no second client can slip into the backlog between the accept and the
+ * close (it is refused and waits for a new server). With a backlog of 0 the one pending
+ * connection fills the queue, so nobody else can enter between poll() and shutdown().
+ */
+void vchan__try_accept(struct libvchan *c, bool in_wait)
+{
+	int fd;
+
+	if (!c->is_server)
+		return;
+	vchan__lock(&c->slock);
+	if (vchan__load(&c->state) != VCHAN_WAITING || vchan__load(&c->closed) ||
+	    c->listen_fd < 0 || c->listen_retired)
+		goto out;
+	if (!(vchan__poll1(c->listen_fd, POLLIN, 0) & POLLIN))
+		goto out;
+	(void)shutdown(c->listen_fd, SHUT_RD);
+	do
+		fd = accept4(c->listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+	while (fd < 0 && errno == EINTR);
+	if (fd >= 0 && !vchan__peer_trusted(fd, c->allow_any_uid)) {
+		vchan__close_fd(fd);
+		fd = -1;
+	}
+	if (fd < 0) {
+		vchan__relisten(c);
+		goto out;
+	}
+	vchan__epoll_del(c->epfd, c->listen_fd);
+	vchan__unlink_if_ours(c);
+	if (c->listen_users == 0) {
+		vchan__close_fd(c->listen_fd);
+		c->listen_fd = -1;
+	} else {
+		c->listen_retired = true; /* the last poller closes it */
+	}
+	c->w = vchan__setup_sndbuf(fd, c->write_ring);
+	c->sock = fd;
+	if (vchan__epoll_add(c->epfd, fd, EPOLL_SOCK_EVENTS) != 0) {
+		/* cannot notify: treat as a dead connection */
+		vchan__store(&c->state, VCHAN_DISCONNECTED);
+		goto out;
+	}
+	vchan__store(&c->state, VCHAN_CONNECTED);
+	if (in_wait) {
+		struct epoll_event ev;
+		int r;
+
+		do
+			r = epoll_wait(c->epfd, &ev, 1, 0);
+		while (r < 0 && errno == EINTR);
+	}
+out:
+	vchan__unlock(&c->slock);
+}
+
+/*
+ * Block until a WAITING server's listener is readable, then try to accept. Returns 0,
+ * or -1/EBADF if the channel was closed.
+ */
+int vchan__wait_listener(struct libvchan *c)
+{
+	int fd;
+
+	vchan__lock(&c->slock);
+	if (vchan__load(&c->closed)) {
+		vchan__unlock(&c->slock);
+		errno = EBADF;
+		return -1;
+	}
+	if (vchan__load(&c->state) != VCHAN_WAITING || c->listen_fd < 0 || c->listen_retired) {
+		vchan__unlock(&c->slock);
+		return 0;
+	}
+	fd = c->listen_fd;
+	c->listen_users++;
+	vchan__unlock(&c->slock);
+
+	(void)vchan__poll1(fd, POLLIN, -1);
+
+	vchan__lock(&c->slock);
+	if (--c->listen_users == 0 && c->listen_retired) {
+		vchan__close_fd(c->listen_fd);
+		c->listen_fd = -1;
+		c->listen_retired = false;
+	}
+	vchan__unlock(&c->slock);
+	if (vchan__load(&c->closed)) {
+		errno = EBADF;
+		return -1;
+	}
+	vchan__try_accept(c, false);
+	return 0;
+}
+
+VCHAN_API libvchan_t *libvchan_server_init(int domain, int port, size_t read_min,
+					   size_t write_min)
+{
+	struct libvchan *c;
+	int local;
+
+	if (vchan__check_args(domain, port) || vchan__local_domain(&local))
+		return NULL;
+	if (read_min > VCHAN__RING_MIN_LIMIT || write_min > VCHAN__RING_MIN_LIMIT) {
+		errno = EINVAL;
+		return NULL;
+	}
+	c = vchan__alloc();
+	if (!c)
+		return NULL;
+	c->is_server = true;
+	/* Xen's ring sizing (SPEC section 6). */
+	c->read_ring = 4096;
+	while (c->read_ring < read_min)
+		c->read_ring <<= 1;
+	c->write_ring = 4096;
+	while (c->write_ring < write_min)
+		c->write_ring <<= 1;
+	if (read_min <= 1024 && write_min <= 2048) {
+		c->read_ring = 1024;
+		c->write_ring = 2048;
+	} else if (read_min <= 2048 && write_min <= 1024) {
+		c->read_ring = 2048;
+		c->write_ring = 1024;
+	} else if (read_min <= 2048) {
+		c->read_ring = 2048;
+	} else if (write_min <= 2048) {
+		c->write_ring = 2048;
+	}
+	if (vchan__make_path(c->path, local, domain, port) || vchan__claim_path(c->path))
+		goto fail;
+	c->listen_fd = vchan__listen(c);
+	if (c->listen_fd < 0)
+		goto fail;
+	if (vchan__epoll_add(c->epfd, c->listen_fd, EPOLLIN) != 0)
+		goto fail;
+	return c;
+fail:
+	vchan__abort(c);
+	return NULL;
+}
+
+/* ------------------------------------------------------------------------ client */
+
+static void vchan__arm_timer(int tfd, long ns)
+{
+	struct itimerspec its = { .it_value = { .tv_sec = ns / 1000000000L,
+						 .tv_nsec = ns % 1000000000L } };
+
+	if (tfd >= 0)
+		(void)timerfd_settime(tfd, 0, &its, NULL);
+}
+
+/* Attach a connected socket to a client (slock held). */
+static int vchan__client_attach(struct libvchan *c, int fd)
+{
+	if (c->ino_fd >= 0) {
+		vchan__epoll_del(c->epfd, c->ino_fd);
+		vchan__close_fd(c->ino_fd);
+		c->ino_fd = -1;
+	}
+	if (c->tfd >= 0) {
+		vchan__epoll_del(c->epfd, c->tfd);
+		vchan__close_fd(c->tfd);
+		c->tfd = -1;
+	}
+	c->w = vchan__setup_sndbuf(fd, c->write_ring);
+	c->sock = fd;
+	c->connecting = false;
+	if (vchan__epoll_add(c->epfd, fd, EPOLL_SOCK_EVENTS) != 0) {
+		vchan__store(&c->state, VCHAN_DISCONNECTED);
+		return -1;
+	}
+	vchan__store(&c->state, VCHAN_CONNECTED);
+	return 0;
+}
+
+/* One non-blocking connection attempt (slock held): 0 connected, 1 not yet, -1 error. */
+static int vchan__try_connect(struct libvchan *c)
+{
+	struct sockaddr_un sa;
+	socklen_t len = vchan__addr(&sa, c->path);
+	int fd, r;
+
+	for (;;) {
+		fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+		if (fd < 0)
+			return -1;
+		r = connect(fd, (struct sockaddr *)&sa, len);
+		if (r == 0 || errno != EINTR)
+			break;
+		vchan__close_fd(fd);
+	}
+	if (r == 0) {
+		if (!vchan__peer_trusted(fd, c->allow_any_uid)) {
+			vchan__close_fd(fd);
+			errno = EACCES;
+			return -1;
+		}
+		return vchan__client_attach(c, fd);
+	}
+	vchan__close_fd(fd);
+	switch (errno) {
+	case ENOENT:
+		/* inotify reports its creation; without inotify, poll on the timer */
+		if (c->ino_fd >= 0)
+			return 1;
+		/* fall through */
+	case ECONNREFUSED: /* stale file, or a server between bind() and listen() */
+	case EAGAIN:       /* another client is pending at that server */
+		vchan__arm_timer(c->tfd, (long)c->backoff_ms * 1000000L);
+		c->backoff_ms *= 2;
+		if (c->backoff_ms > VCHAN__BACKOFF_MAX_MS)
+			c->backoff_ms = VCHAN__BACKOFF_MAX_MS;
+		/* without inotify the timer is all we have: keep it short */
+		if (c->ino_fd < 0 && c->backoff_ms > VCHAN__BACKOFF_NOINOTIFY_MS)
+			c->backoff_ms = VCHAN__BACKOFF_NOINOTIFY_MS;
+		return 1;
+	default:
+		return -1;
+	}
+}
+
+/* Read everything pending on a non-blocking fd; whether anything was there. */
+static bool vchan__drain(int fd)
+{
+	char buf[4096] __attribute__((aligned(8)));
+	bool any = false;
+	ssize_t r;
+
+	if (fd < 0)
+		return false;
+	for (;;) {
+		r = read(fd, buf, sizeof(buf));
+		if (r > 0)
+			any = true;
+		else if (!(r < 0 && errno == EINTR))
+			break;
+	}
+	return any;
+}
+
+/* Drive an async client connection (caller holds a reference). 0, 1 or -1. */
+int vchan__finish(struct libvchan *c, bool blocking)
+{
+	struct epoll_event ev[4];
+	int r;
+
+	for (;;) {
+		vchan__lock(&c->slock);
+		if (vchan__load(&c->closed)) {
+			vchan__unlock(&c->slock);
+			errno = EBADF;
+			return -1;
+		}
+		if (!c->connecting) {
+			r = c->sock >= 0 ? 0 : -1;
+			vchan__unlock(&c->slock);
+			if (r < 0)
+				errno = ENOTCONN;
+			return r;
+		}
+		if (vchan__drain(c->ino_fd))
+			c->backoff_ms = VCHAN__BACKOFF_FIRST_MS;
+		(void)vchan__drain(c->tfd);
+		r = vchan__try_connect(c);
+		if (r < 0) {
+			int saved = errno;
+
+			c->connecting = false;
+			vchan__store(&c->state, VCHAN_DISCONNECTED);
+			errno = saved;
+		}
+		vchan__unlock(&c->slock);
+		if (r <= 0 || !blocking)
+			return r;
+		do
+			r = epoll_wait(c->epfd, ev, 4, -1);
+		while (r < 0 && errno == EINTR);
+		if (r < 0)
+			return -1;
+	}
+}
+
+VCHAN_API libvchan_t *libvchan_client_init_async(int domain, int port, EVTCHN *watch_fd)
+{
+	struct libvchan *c;
+	char dir[VCHAN__PATH_MAX + 1];
+	char *slash;
+	struct stat st;
+	int local, r;
+
+	if (!watch_fd) {
+		errno = EINVAL;
+		return NULL;
+	}
+	if (vchan__check_args(domain, port) || vchan__local_domain(&local))
+		return NULL;
+	c = vchan__alloc();
+	if (!c)
+		return NULL;
+	c->read_ring = c->write_ring = VCHAN__CLIENT_RING;
+	c->connecting = true;
+	c->backoff_ms = VCHAN__BACKOFF_FIRST_MS;
+	if (vchan__make_path(c->path, domain, local, port))
+		goto fail;
+	memcpy(dir, c->path, sizeof(dir));
+	slash = strrchr(dir, '/');
+	if (slash == dir)
+		slash[1] = '\0';
+	else if (slash)
+		*slash = '\0';
+	else
+		strcpy(dir, ".");
+	if (stat(dir, &st) != 0)
+		goto fail;
+	if (!S_ISDIR(st.st_mode)) {
+		errno = ENOTDIR;
+		goto fail;
+	}
+	c->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+	if (c->tfd < 0 || vchan__epoll_add(c->epfd, c->tfd, EPOLLIN) != 0)
+		goto fail;
+	/* inotify before the first connect(), so no creation is missed */
+	/* out of inotify instances (EMFILE): the timer alone, with a shorter back-off */
+	c->ino_fd = inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
+	if (c->ino_fd >= 0) {
+		if (inotify_add_watch(c->ino_fd, dir, INOTIFY_MASK) < 0) {
+			if (errno == ENOENT || errno == ENOTDIR)
+				goto fail;
+			/* no watch available: fall back to the timer alone */
+			vchan__close_fd(c->ino_fd);
+			c->ino_fd = -1;
+		} else if (vchan__epoll_add(c->epfd, c->ino_fd, EPOLLIN) != 0) {
+			goto fail;
+		}
+	}
+	vchan__lock(&c->slock);
+	r = vchan__try_connect(c);
+	if (r < 0)
+		c->connecting = false;
+	vchan__unlock(&c->slock);
+	if (r < 0)
+		goto fail;
+	*watch_fd = c->epfd;
+	return c;
+fail:
+	vchan__abort(c);
+	return NULL;
+}
+
+VCHAN_API int libvchan_client_init_async_finish(libvchan_t *ctrl, bool blocking)
+{
+	int r;
+
+	if (vchan__enter(ctrl))
+		return -1;
+	r = vchan__finish(ctrl, blocking);
+	vchan__leave(ctrl);
+	return r;
+}
+
+VCHAN_API libvchan_t *libvchan_client_init(int domain, int port)
+{
+	EVTCHN fd;
+	struct libvchan *c = libvchan_client_init_async(domain, port, &fd);
+
+	if (!c)
+		return NULL;
+	if (vchan__finish(c, true) != 0) {
+		vchan__abort(c);
+		return NULL;
+	}
+	return c;
+}
+
+/*
+ * The owner's part of close() (slock): stop advertising and wake every thread blocked
+ * on one of our descriptors; they see `closed` and return EBADF. The connection is only
+ * shut down for reading, so a pusher can still deliver accepted bytes.
+ */
+void vchan__close_wake(struct libvchan *c)
+{
+	vchan__lock(&c->slock);
+	if (c->listen_fd >= 0 && !c->listen_retired)
+		(void)shutdown(c->listen_fd, SHUT_RDWR);
+	vchan__unlink_if_ours(c);
+	vchan__arm_timer(c->tfd, 1);
+	if (c->sock >= 0)
+		(void)shutdown(c->sock, SHUT_RD);
+	vchan__unlock(&c->slock);
+}

@@ -1,0 +1,141 @@
+/*
+ * internal.h - private declarations of libvchan-socket.
+ *
+ * SPDX-License-Identifier: MIT
+ * Copyright (c) 2026 The vchan developers
+ *
+ * See docs/DESIGN.md for the theory of operation; the comments here name its terms.
+ *
+ * Locking. Three mutexes, never nested except slock -> wlock (taken in that order):
+ *  - slock: set-up state: the listener, the client's inotify fd and timerfd, accept and
+ *    connect, listener users;
+ *  - wlock: the write side: overflow, u_est, promised, the pusher flag;
+ *  - rlock: the read side: the stash.
+ * No mutex is held across a call that can block (poll, epoll_wait with a timeout).
+ * `state`, `closed` and `blocking` are atomics; `sock` and `w` are written once, before
+ * `state` leaves WAITING (release store), and read after an acquire load of `state`.
+ *
+ * Lifetime. `refs` counts the owner (until libvchan_close), every API call in progress
+ * and the pusher thread; whoever drops the last reference closes the descriptors and
+ * frees the memory, so a close() from another thread never frees memory in use and no
+ * descriptor number is reused while a call may still use it.
+ */
+#ifndef VCHAN_SOCKET_INTERNAL_H
+#define VCHAN_SOCKET_INTERNAL_H
+
+#include <limits.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+#include "libvchan.h"
+
+#define VCHAN_API __attribute__((visibility("default")))
+
+/* Xen's DOMID_FIRST_RESERVED. */
+#define VCHAN__DOMAIN_LIMIT 32752
+/* Ring minimums above this make server init fail, as on Xen. */
+#define VCHAN__RING_MIN_LIMIT ((size_t)1 << 20)
+/* The client cannot learn the server's ring sizes: qrexec's data-channel size. */
+#define VCHAN__CLIENT_RING 65536
+/* sizeof(sun_path) - 1. */
+#define VCHAN__PATH_MAX 107
+/* Client retry back-off for a refused connect (ms). */
+#define VCHAN__BACKOFF_FIRST_MS 1
+#define VCHAN__BACKOFF_MAX_MS 100
+#define VCHAN__BACKOFF_NOINOTIFY_MS 10
+
+struct libvchan {
+	/* ---- immutable after init ---- */
+	bool is_server;
+	bool allow_any_uid;
+	pid_t pid;          /* the process that created the channel (fork safety) */
+	int epfd;           /* the select fd */
+	size_t read_ring;
+	size_t write_ring;
+	char path[VCHAN__PATH_MAX + 1];
+
+	/* ---- atomics ---- */
+	int refs;
+	int closed;
+	int blocking;
+	int state;          /* VCHAN_WAITING, VCHAN_CONNECTED, VCHAN_DISCONNECTED */
+
+	/* ---- written once before state leaves WAITING ---- */
+	int sock;           /* the connection, O_NONBLOCK, or -1 */
+	size_t w;           /* W = SO_SNDBUF / 4 */
+
+	/* ---- slock ---- */
+	pthread_mutex_t slock;
+	int listen_fd;      /* server: the listener while WAITING (or retired, see below) */
+	int listen_users;   /* threads polling listen_fd outside slock */
+	bool listen_retired;/* accepted: close listen_fd when listen_users drops to 0 */
+	bool bound;         /* server: path names the socket we bound (dev/ino below) */
+	dev_t bound_dev;
+	ino_t bound_ino;
+	bool connecting;    /* client: async connection not made yet */
+	int ino_fd;         /* client while connecting: inotify on the directory */
+	int tfd;            /* client while connecting: back-off timerfd */
+	unsigned backoff_ms;
+
+	/* ---- wlock ---- */
+	pthread_mutex_t wlock;
+	char *ovf;          /* overflow FIFO, capacity write_ring, allocated on first use */
+	size_t ovf_head;
+	size_t ovf_len;
+	size_t u_est;       /* upper bound of the bytes (truesize) in flight, U */
+	size_t promised;    /* credit left from the last buffer_space() */
+	bool pusher;        /* a pusher thread is running */
+
+	/* ---- rlock ---- */
+	pthread_mutex_t rlock;
+	char *stash;        /* recv's buffer (capacity read_ring, more only to undo), lazy */
+	size_t stash_cap;
+	size_t stash_off;
+	size_t stash_len;
+};
+
+/* ---- atomics ---- */
+#define vchan__load(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define vchan__store(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+
+/* ---- util.c ---- */
+size_t vchan__tsz(size_t n);
+size_t vchan__fit(size_t room);
+int vchan__local_domain(int *out);
+int vchan__make_path(char *buf, int server_domain, int client_domain, int port);
+bool vchan__env_allow_any_uid(void);
+bool vchan__peer_trusted(int fd, bool allow_any_uid);
+size_t vchan__setup_sndbuf(int fd, size_t write_ring);
+int vchan__poll1(int fd, short events, int timeout_ms);
+ssize_t vchan__send(int fd, const void *buf, size_t len);
+ssize_t vchan__recv(int fd, void *buf, size_t len);
+int vchan__ioctl_int(int fd, unsigned long req);
+void vchan__close_fd(int fd);
+void vchan__lock(pthread_mutex_t *m);
+void vchan__unlock(pthread_mutex_t *m);
+
+/* ---- init.c ---- */
+void vchan__try_accept(struct libvchan *c, bool in_wait);
+int vchan__wait_listener(struct libvchan *c);
+int vchan__finish(struct libvchan *c, bool blocking);
+void vchan__close_wake(struct libvchan *c);
+
+/* ---- notify.c ---- */
+int vchan__enter(struct libvchan *c);
+void vchan__leave(struct libvchan *c);
+void vchan__ref(struct libvchan *c);
+void vchan__unref(struct libvchan *c);
+void vchan__set_disconnected(struct libvchan *c);
+int vchan__settle(struct libvchan *c);
+int vchan__wait_connected(struct libvchan *c);
+
+/* ---- io.c ---- */
+void vchan__ovf_discard(struct libvchan *c);
+int vchan__flush_overflow(struct libvchan *c, bool bounded, size_t *sent);
+
+/* ---- pusher.c ---- */
+int vchan__start_pusher(struct libvchan *c);
+
+#endif /* VCHAN_SOCKET_INTERNAL_H */

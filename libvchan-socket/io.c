@@ -1,0 +1,686 @@
+/*
+ * io.c - the data path: read, recv, write, send, data_ready, buffer_space.
+ *
+ * SPDX-License-Identifier: MIT
+ * Copyright (c) 2026 The vchan developers
+ *
+ * The common path of every call is one send() or recv() system call (DESIGN.md).
+ */
+#include <errno.h>
+#include <linux/sockios.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+
+#include "internal.h"
+
+#define POLL_GONE (POLLRDHUP | POLLHUP | POLLERR)
+
+static size_t vchan__min(size_t a, size_t b)
+{
+	return a < b ? a : b;
+}
+
+/* ------------------------------------------------------------------ overflow FIFO */
+
+/* Append n bytes (wlock held; caller checked the room and allocated the buffer). */
+static void vchan__ovf_append(struct libvchan *c, const char *p, size_t n)
+{
+	size_t cap = c->write_ring;
+	size_t tail = (c->ovf_head + c->ovf_len) % cap;
+	size_t first = vchan__min(n, cap - tail);
+
+	memcpy(c->ovf + tail, p, first);
+	memcpy(c->ovf, p + first, n - first);
+	c->ovf_len += n;
+}
+
+static void vchan__ovf_consume(struct libvchan *c, size_t n)
+{
+	c->ovf_len -= n;
+	c->ovf_head = c->ovf_len ? (c->ovf_head + n) % c->write_ring : 0;
+}
+
+void vchan__ovf_discard(struct libvchan *c)
+{
+	c->ovf_len = 0;
+	c->ovf_head = 0;
+}
+
+/*
+ * Make room for bytes in the overflow: allocate it and make sure a pusher runs
+ * (wlock held). Returns how many of n bytes may be appended now.
+ */
+static size_t vchan__ovf_reserve(struct libvchan *c, size_t n)
+{
+	n = vchan__min(n, c->write_ring - c->ovf_len);
+	if (n == 0)
+		return 0;
+	if (!c->ovf) {
+		c->ovf = malloc(c->write_ring);
+		if (!c->ovf)
+			return 0;
+	}
+	if (!c->pusher && vchan__start_pusher(c) != 0)
+		return 0;
+	return n;
+}
+
+/* ------------------------------------------------------------------ kernel writes */
+
+/* send() the bytes as they are; the kernel may take them beyond W. -1/EPIPE if gone. */
+static ssize_t vchan__sendk(struct libvchan *c, const char *p, size_t n)
+{
+	ssize_t r = vchan__send(c->sock, p, n);
+
+	if (r >= 0) {
+		c->u_est += vchan__tsz((size_t)r);
+		return r;
+	}
+	if (errno == EAGAIN || errno == EWOULDBLOCK)
+		return 0;
+	if (errno == EPIPE || errno == ECONNRESET || errno == ENOTCONN) {
+		vchan__set_disconnected(c);
+		errno = EPIPE;
+	}
+	return -1;
+}
+
+/* W - U as the payload that fits, re-measuring U (wlock held). */
+static size_t vchan__room(struct libvchan *c)
+{
+	int u = vchan__ioctl_int(c->sock, SIOCOUTQ);
+
+	if (u < 0)
+		return 0;
+	c->u_est = (size_t)u;
+	return c->w > (size_t)u ? vchan__fit(c->w - (size_t)u) : 0;
+}
+
+/* Send at most fit(W - U) bytes so that U <= W holds after (wlock held). */
+static ssize_t vchan__push(struct libvchan *c, const char *p, size_t n)
+{
+	if (c->u_est + vchan__tsz(n) > c->w) {
+		n = vchan__min(n, vchan__room(c));
+		if (n == 0)
+			return 0;
+	}
+	return vchan__sendk(c, p, n);
+}
+
+/*
+ * Move overflow bytes into the kernel, bounded by the invariant or not (wlock held).
+ * Returns 0 (the overflow may still hold bytes) or -1 with errno.
+ */
+int vchan__flush_overflow(struct libvchan *c, bool bounded, size_t *sent)
+{
+	while (c->ovf_len) {
+		size_t chunk = vchan__min(c->ovf_len, c->write_ring - c->ovf_head);
+		const char *p = c->ovf + c->ovf_head;
+		ssize_t k = bounded ? vchan__push(c, p, chunk) : vchan__sendk(c, p, chunk);
+
+		if (k < 0)
+			return -1;
+		if (k == 0)
+			break;
+		vchan__ovf_consume(c, (size_t)k);
+		if (sent)
+			*sent += (size_t)k;
+	}
+	return 0;
+}
+
+/*
+ * Accept what can be accepted without waiting (wlock held): into the kernel under the
+ * invariant, then up to `allowance` (promised) bytes into the overflow. A WAITING server
+ * takes bytes into the overflow only. Returns the count or -1.
+ */
+static ssize_t vchan__take(struct libvchan *c, int st, const char *p, size_t n,
+			   size_t allowance)
+{
+	size_t taken = 0, extra;
+
+	if (st == VCHAN_WAITING) {
+		extra = vchan__ovf_reserve(c, n);
+		vchan__ovf_append(c, p, extra);
+		return (ssize_t)extra;
+	}
+	if (c->ovf_len && vchan__flush_overflow(c, true, NULL) < 0)
+		return -1;
+	if (!c->ovf_len) {
+		ssize_t k = vchan__push(c, p, n);
+
+		if (k < 0)
+			return -1;
+		taken = (size_t)k;
+	}
+	if (allowance > taken && n > taken) {
+		extra = vchan__ovf_reserve(c, vchan__min(n - taken, allowance - taken));
+		vchan__ovf_append(c, p + taken, extra);
+		taken += extra;
+	}
+	return (ssize_t)taken;
+}
+
+static void vchan__spend_promise(struct libvchan *c, size_t taken)
+{
+	c->promised = c->promised > taken ? c->promised - taken : 0;
+}
+
+/* buffer_space() of a connected channel (wlock held). */
+static size_t vchan__measure_space(struct libvchan *c)
+{
+	size_t room = vchan__min(c->write_ring, vchan__room(c));
+
+	return room > c->ovf_len ? room - c->ovf_len : 0;
+}
+
+/*
+ * The blocking remainder of a write: wait for the kernel like a plain socket would
+ * (DESIGN.md "waiting regime"), then restore the invariant U <= W. 0 or -1.
+ */
+static int vchan__write_waiting(struct libvchan *c, const char *p, size_t n)
+{
+	size_t pos = 0;
+	bool exceeded = false;
+	int r, st;
+
+	while (pos < n) {
+		st = vchan__load(&c->state);
+		if (st == VCHAN_WAITING) {
+			if (vchan__wait_connected(c) < 0)
+				return -1;
+			continue;
+		}
+		if (st == VCHAN_DISCONNECTED) {
+			errno = EPIPE;
+			return -1;
+		}
+		r = vchan__poll1(c->sock, POLLOUT | POLLRDHUP, -1);
+		if (vchan__load(&c->closed)) {
+			errno = EBADF;
+			return -1;
+		}
+		if (r < 0)
+			return -1;
+		if (r & POLL_GONE) {
+			vchan__set_disconnected(c);
+			errno = EPIPE;
+			return -1;
+		}
+		vchan__lock(&c->wlock);
+		r = vchan__flush_overflow(c, false, NULL);
+		if (r == 0 && !c->ovf_len) {
+			ssize_t k = vchan__sendk(c, p + pos, n - pos);
+
+			if (k < 0)
+				r = -1;
+			else
+				pos += (size_t)k;
+		}
+		exceeded = true;
+		vchan__unlock(&c->wlock);
+		if (r < 0)
+			return -1;
+	}
+	if (!exceeded)
+		return 0;
+	/* U may exceed W: wait until the socket is writable again (U <= W). */
+	for (;;) {
+		r = vchan__poll1(c->sock, POLLOUT | POLLRDHUP, -1);
+		if (vchan__load(&c->closed)) {
+			errno = EBADF;
+			return -1;
+		}
+		if (r < 0)
+			return -1;
+		if (r & POLL_GONE) {
+			vchan__set_disconnected(c);
+			break; /* the bytes were accepted; the next call reports the loss */
+		}
+		if (r & POLLOUT)
+			break;
+	}
+	vchan__lock(&c->wlock);
+	if (c->u_est > c->w)
+		c->u_est = c->w;
+	vchan__unlock(&c->wlock);
+	return 0;
+}
+
+/* Prologue of the data calls: 0 connected (or disconnected), 1 return 0 now, -1 error. */
+static int vchan__ready_for_data(struct libvchan *c)
+{
+	while (vchan__settle(c) == VCHAN_WAITING) {
+		if (c->is_server)
+			return 2; /* a waiting server buffers writes; reads have nothing */
+		if (!vchan__load(&c->blocking))
+			return 1;
+		if (vchan__wait_connected(c) < 0)
+			return -1;
+	}
+	return 0;
+}
+
+VCHAN_API int libvchan_write(libvchan_t *c, const void *data, size_t size)
+{
+	const char *p = data;
+	ssize_t taken;
+	bool blocking;
+	size_t n = size;
+	int r, st;
+
+	if (size == 0)
+		return 0;
+	if (size > INT_MAX) {
+		errno = EINVAL;
+		return -1;
+	}
+	if (vchan__enter(c))
+		return -1;
+	r = vchan__ready_for_data(c);
+	if (r == 1 || r < 0) {
+		vchan__leave(c);
+		return r < 0 ? -1 : 0;
+	}
+	blocking = vchan__load(&c->blocking);
+	if (!blocking)
+		n = vchan__min(n, c->write_ring);
+	vchan__lock(&c->wlock);
+	st = vchan__load(&c->state);
+	if (st == VCHAN_DISCONNECTED) {
+		vchan__unlock(&c->wlock);
+		vchan__leave(c);
+		errno = EPIPE;
+		return -1;
+	}
+	taken = vchan__take(c, st, p, n, c->promised);
+	if (taken > 0)
+		vchan__spend_promise(c, (size_t)taken);
+	vchan__unlock(&c->wlock);
+	if (taken >= 0 && blocking && (size_t)taken < n &&
+	    vchan__write_waiting(c, p + taken, n - (size_t)taken) < 0)
+		taken = -1;
+	else if (taken >= 0 && blocking)
+		taken = (ssize_t)n;
+	vchan__leave(c);
+	return (int)taken;
+}
+
+VCHAN_API int libvchan_send(libvchan_t *c, const void *data, size_t size)
+{
+	const char *p = data;
+	ssize_t taken = -1;
+	size_t space;
+	int r, st;
+
+	if (size == 0)
+		return 0;
+	if (size > INT_MAX) {
+		errno = EINVAL;
+		return -1;
+	}
+	if (vchan__enter(c))
+		return -1;
+	r = vchan__ready_for_data(c);
+	if (r == 1 || r < 0) {
+		vchan__leave(c);
+		return r < 0 ? -1 : 0;
+	}
+	vchan__lock(&c->wlock);
+	st = vchan__load(&c->state);
+	if (st == VCHAN_DISCONNECTED) {
+		errno = EPIPE;
+		goto unlock;
+	}
+	if (st == VCHAN_CONNECTED && !c->ovf_len && size <= c->write_ring &&
+	    c->u_est + vchan__tsz(size) <= c->w) {
+		space = size; /* certain without asking the kernel */
+	} else if (st == VCHAN_WAITING) {
+		space = c->write_ring - c->ovf_len;
+	} else {
+		if (c->ovf_len && (vchan__poll1(c->sock, POLLRDHUP, 0) & POLL_GONE)) {
+			vchan__set_disconnected(c);
+			errno = EPIPE;
+			goto unlock;
+		}
+		space = vchan__measure_space(c);
+	}
+	if (size <= space) {
+		taken = vchan__take(c, st, p, size, space);
+		if (taken > 0)
+			vchan__spend_promise(c, (size_t)taken);
+		vchan__unlock(&c->wlock);
+		/* `space` was honest, so everything was taken; finish in the (rare) other case */
+		if (taken >= 0 && (size_t)taken < size) {
+			if (vchan__write_waiting(c, p + taken, size - (size_t)taken) < 0)
+				taken = -1;
+		}
+		if (taken >= 0)
+			taken = (ssize_t)size;
+		vchan__leave(c);
+		return (int)taken;
+	}
+	vchan__unlock(&c->wlock);
+	if (!vchan__load(&c->blocking)) {
+		taken = 0;
+	} else if (size > c->write_ring) {
+		errno = EMSGSIZE;
+	} else if (vchan__write_waiting(c, p, size) == 0) {
+		taken = (ssize_t)size;
+	}
+	vchan__leave(c);
+	return (int)taken;
+unlock:
+	vchan__unlock(&c->wlock);
+	vchan__leave(c);
+	return -1;
+}
+
+VCHAN_API int libvchan_buffer_space(libvchan_t *c)
+{
+	size_t space = 0;
+	int st;
+
+	if (vchan__enter(c))
+		return 0;
+	st = vchan__settle(c);
+	vchan__lock(&c->wlock);
+	st = vchan__load(&c->state);
+	if (st == VCHAN_WAITING)
+		space = c->is_server ? c->write_ring - c->ovf_len : 0;
+	else if (st == VCHAN_CONNECTED)
+		space = vchan__measure_space(c);
+	c->promised = space;
+	vchan__unlock(&c->wlock);
+	vchan__leave(c);
+	return (int)space;
+}
+
+/* ------------------------------------------------------------------ reads */
+
+/* A zero-byte recv: EOF, or our own close (shutdown) from another thread. */
+static int vchan__eof(struct libvchan *c)
+{
+	if (vchan__load(&c->closed)) {
+		errno = EBADF;
+		return -1;
+	}
+	vchan__set_disconnected(c);
+	errno = EPIPE;
+	return -1;
+}
+
+/* Wait for data or a hang-up outside the lock. 0 or -1/EBADF. */
+static int vchan__wait_readable(struct libvchan *c)
+{
+	int r = vchan__poll1(c->sock, POLLIN | POLLRDHUP, -1);
+
+	if (vchan__load(&c->closed)) {
+		errno = EBADF;
+		return -1;
+	}
+	return r < 0 ? -1 : 0;
+}
+
+static size_t vchan__stash_take(struct libvchan *c, char *out, size_t n)
+{
+	n = vchan__min(n, c->stash_len);
+	memcpy(out, c->stash + c->stash_off, n);
+	c->stash_len -= n;
+	c->stash_off = c->stash_len ? c->stash_off + n : 0;
+	return n;
+}
+
+VCHAN_API int libvchan_read(libvchan_t *c, void *data, size_t size)
+{
+	ssize_t r;
+	int ret;
+
+	if (size == 0)
+		return 0;
+	if (vchan__enter(c))
+		return -1;
+	ret = vchan__ready_for_data(c);
+	while (ret == 2) { /* a waiting server: nothing to read before the client */
+		if (!vchan__load(&c->blocking)) {
+			vchan__leave(c);
+			return 0;
+		}
+		if (vchan__wait_listener(c) < 0) {
+			vchan__leave(c);
+			return -1;
+		}
+		ret = vchan__ready_for_data(c);
+	}
+	if (ret != 0) {
+		vchan__leave(c);
+		return ret < 0 ? -1 : 0;
+	}
+	size = vchan__min(size, c->read_ring);
+	vchan__lock(&c->rlock);
+	for (;;) {
+		if (c->stash_len) {
+			ret = (int)vchan__stash_take(c, data, size);
+			break;
+		}
+		r = vchan__recv(c->sock, data, size);
+		if (r > 0) {
+			ret = (int)r;
+			break;
+		}
+		if (r == 0 || errno == ECONNRESET) {
+			ret = vchan__eof(c);
+			break;
+		}
+		if (errno != EAGAIN && errno != EWOULDBLOCK) {
+			ret = -1;
+			break;
+		}
+		if (!vchan__load(&c->blocking)) {
+			ret = 0;
+			break;
+		}
+		vchan__unlock(&c->rlock);
+		if (vchan__wait_readable(c) < 0) {
+			vchan__leave(c);
+			return -1;
+		}
+		vchan__lock(&c->rlock);
+	}
+	vchan__unlock(&c->rlock);
+	vchan__leave(c);
+	return ret;
+}
+
+/* The stash can hold `need` bytes (rlock held). 0 or -1/ENOMEM. */
+static int vchan__stash_reserve(struct libvchan *c, size_t need)
+{
+	char *p;
+
+	if (need < c->read_ring)
+		need = c->read_ring;
+	if (c->stash && c->stash_cap >= need)
+		return 0;
+	p = realloc(c->stash, need);
+	if (!p) {
+		errno = ENOMEM;
+		return -1;
+	}
+	c->stash = p;
+	c->stash_cap = need;
+	return 0;
+}
+
+/* Copy n available bytes (stash first, then the kernel) into out (rlock held). */
+static int vchan__deliver(struct libvchan *c, char *out, size_t n)
+{
+	size_t got = vchan__stash_take(c, out, n);
+	ssize_t r;
+
+	while (got < n) {
+		r = vchan__recv(c->sock, out + got, n - got);
+		if (r > 0) {
+			got += (size_t)r;
+		} else if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			/* FIONREAD counted these bytes; they cannot vanish */
+			(void)vchan__poll1(c->sock, POLLIN | POLLRDHUP, -1);
+		} else {
+			/* cannot complete: put what we consumed back, nothing is lost */
+			if (vchan__stash_reserve(c, got) == 0) {
+				memcpy(c->stash, out, got);
+				c->stash_off = 0;
+				c->stash_len = got;
+			}
+			return r == 0 ? vchan__eof(c) : -1;
+		}
+	}
+	return (int)n;
+}
+
+/* Move every queued byte into the stash (rlock held; fewer than read_ring are queued). */
+static int vchan__fill_stash(struct libvchan *c, size_t queued)
+{
+	ssize_t r;
+
+	if (vchan__stash_reserve(c, c->read_ring) < 0)
+		return -1;
+	if (c->stash_off) {
+		memmove(c->stash, c->stash + c->stash_off, c->stash_len);
+		c->stash_off = 0;
+	}
+	queued = vchan__min(queued, c->stash_cap - c->stash_len);
+	if (queued == 0)
+		return 0;
+	r = vchan__recv(c->sock, c->stash + c->stash_len, queued);
+	if (r > 0)
+		c->stash_len += (size_t)r;
+	return 0;
+}
+
+VCHAN_API int libvchan_recv(libvchan_t *c, void *data, size_t size)
+{
+	char *out = data;
+	int ret, q;
+	ssize_t r;
+	bool gone;
+
+	if (size == 0)
+		return 0;
+	if (size > INT_MAX) {
+		errno = EINVAL;
+		return -1;
+	}
+	if (vchan__enter(c))
+		return -1;
+	ret = vchan__ready_for_data(c);
+	while (ret == 2) {
+		if (!vchan__load(&c->blocking)) {
+			vchan__leave(c);
+			return 0;
+		}
+		if (size > c->read_ring) {
+			vchan__leave(c);
+			errno = EMSGSIZE;
+			return -1;
+		}
+		if (vchan__wait_listener(c) < 0) {
+			vchan__leave(c);
+			return -1;
+		}
+		ret = vchan__ready_for_data(c);
+	}
+	if (ret != 0) {
+		vchan__leave(c);
+		return ret < 0 ? -1 : 0;
+	}
+	vchan__lock(&c->rlock);
+	if (vchan__stash_reserve(c, c->read_ring) < 0) {
+		ret = -1;
+		goto out;
+	}
+	if (!c->stash_len && size <= c->read_ring) {
+		/* common case: everything is already queued */
+		r = vchan__recv(c->sock, out, size);
+		if (r == (ssize_t)size) {
+			ret = (int)size;
+			goto out;
+		}
+		if (r > 0) {
+			memcpy(c->stash, out, (size_t)r);
+			c->stash_off = 0;
+			c->stash_len = (size_t)r;
+		} else if (r == 0 || errno == ECONNRESET) {
+			ret = vchan__eof(c);
+			goto out;
+		} else if (errno != EAGAIN && errno != EWOULDBLOCK) {
+			ret = -1;
+			goto out;
+		}
+	}
+	for (;;) {
+		/* the peer-gone check comes before the final check for data */
+		gone = vchan__load(&c->state) == VCHAN_DISCONNECTED ||
+		       (vchan__poll1(c->sock, POLLRDHUP, 0) & POLL_GONE);
+		q = vchan__ioctl_int(c->sock, FIONREAD);
+		if (q < 0)
+			q = 0;
+		if (c->stash_len + (size_t)q >= size) {
+			ret = vchan__deliver(c, out, size);
+			break;
+		}
+		if (vchan__load(&c->closed)) {
+			errno = EBADF;
+			ret = -1;
+			break;
+		}
+		if (gone) {
+			vchan__set_disconnected(c);
+			errno = EPIPE;
+			ret = -1;
+			break;
+		}
+		if (!vchan__load(&c->blocking)) {
+			ret = 0;
+			break;
+		}
+		if (size > c->read_ring) {
+			errno = EMSGSIZE;
+			ret = -1;
+			break;
+		}
+		if (vchan__fill_stash(c, (size_t)q) < 0) {
+			ret = -1;
+			break;
+		}
+		vchan__unlock(&c->rlock);
+		if (vchan__wait_readable(c) < 0) {
+			vchan__leave(c);
+			return -1;
+		}
+		vchan__lock(&c->rlock);
+	}
+out:
+	vchan__unlock(&c->rlock);
+	vchan__leave(c);
+	return ret;
+}
+
+VCHAN_API int libvchan_data_ready(libvchan_t *c)
+{
+	size_t n = 0;
+	int q;
+
+	if (vchan__enter(c))
+		return 0;
+	if (vchan__settle(c) != VCHAN_WAITING) {
+		vchan__lock(&c->rlock);
+		q = vchan__ioctl_int(c->sock, FIONREAD);
+		n = c->stash_len + (q > 0 ? (size_t)q : 0);
+		vchan__unlock(&c->rlock);
+	}
+	vchan__leave(c);
+	return (int)vchan__min(n, c->read_ring);
+}
