@@ -346,7 +346,10 @@ VCHAN_API int libvchan_send(libvchan_t *c, const void *data, size_t size)
 			errno = EPIPE;
 			goto unlock;
 		}
+		/* a promise from buffer_space() holds even if the kernel is full now */
 		space = vchan__measure_space(c);
+		if (space < c->promised)
+			space = c->promised;
 	}
 	if (size <= space) {
 		taken = vchan__take(c, st, p, size, space);

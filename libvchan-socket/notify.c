@@ -167,6 +167,14 @@ VCHAN_API void libvchan_close(libvchan_t *c)
 		return; /* double close: the caller's bug, but do no harm */
 	}
 	vchan__close_wake(c);
+	/*
+	 * Notification no longer matters, so the kernel may take the overflow beyond W (it
+	 * has room up to 4 W): usually no pusher has to outlive close().
+	 */
+	vchan__lock(&c->wlock);
+	if (c->ovf_len && vchan__load(&c->state) == VCHAN_CONNECTED)
+		(void)vchan__flush_overflow(c, false, NULL);
+	vchan__unlock(&c->wlock);
 	vchan__unref(c);
 	errno = saved;
 }
