@@ -1,0 +1,636 @@
+"""asyncio streams over vchans: ``reader, writer = await vchan.asyncio.open_client(0, 111)``.
+
+Everything is driven by the vchan's select fd on the event loop (``loop.add_reader``): no
+thread per channel, no polling loop. The fd is edge-like (only ``wait()`` clears it, and it
+does not stay readable while unread data waits), so each wake-up calls ``wait()`` and then
+reads until nothing is left and writes until ``buffer_space()`` is 0; any later event (data
+arrived, the peer consumed data, the peer left) makes the fd readable again.
+
+* :func:`open_client` connects with the asynchronous client init, so it honours
+  cancellation, ``asyncio.timeout()`` and ``asyncio.wait_for()``.
+* :func:`open_server` listens, and returns once a client has connected (cancel it to stop
+  listening: the socket file is removed).
+* :func:`start_server` is the callback form, like :func:`asyncio.start_unix_server`: each
+  client gets its own ``(reader, writer)``; a fresh vchan server listens again as soon as one
+  is taken, since a vchan serves exactly one client.
+* :func:`connect` and :func:`listen` are the protocol/transport forms.
+
+The reader is an :class:`asyncio.StreamReader`; the writer (:class:`VchanWriter`) has the
+:class:`asyncio.StreamWriter` interface. ``write()`` queues; ``drain()`` waits while more
+than the high-water mark (64 KiB by default) is queued, the queue being moved into the vchan
+whenever ``buffer_space()`` says it fits; it raises :class:`vchan.Disconnected` if the peer
+left before taking queued bytes. The end of the stream (``read()`` returning ``b""``) comes
+after every byte the peer wrote before it closed. A vchan has no half-close, so
+``can_write_eof()`` is False.
+"""
+
+from __future__ import annotations
+
+import asyncio as _asyncio
+import select as _select
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from vchan import _backend, _config, _core
+from vchan.channel import State, Vchan
+from vchan.channel import server as _server
+from vchan.exceptions import Disconnected, from_oserror
+
+__all__ = [
+    "VchanServer", "VchanTransport", "VchanWriter", "connect", "listen", "open_client",
+    "open_server", "start_server",
+]
+
+#: StreamReader buffer limit and write-queue high-water mark, as in asyncio.
+DEFAULT_LIMIT = 2**16
+_CHUNK = 65536
+
+
+def _readable(fd: int) -> bool:
+    p = _select.poll()
+    p.register(fd, _select.POLLIN)
+    return bool(p.poll(0))
+
+
+async def _until(fd: int, step: Callable[[], bool]) -> None:
+    """Call ``step()`` now and whenever ``fd`` is readable, until it returns True."""
+    if step():
+        return
+    loop = _asyncio.get_running_loop()
+    fut: _asyncio.Future[None] = loop.create_future()
+
+    def on_ready() -> None:
+        if fut.done():
+            return
+        try:
+            if step():
+                fut.set_result(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
+            fut.set_exception(exc)
+
+    loop.add_reader(fd, on_ready)
+    try:
+        await fut
+    finally:
+        loop.remove_reader(fd)
+
+
+class VchanTransport(_asyncio.Transport):
+    """An asyncio transport over a connected :class:`vchan.Vchan` (non-blocking).
+
+    Extra info: ``"vchan"`` (the :class:`Vchan`), ``"domain"`` (the peer's), ``"port"``.
+    """
+
+    def __init__(self, loop: _asyncio.AbstractEventLoop, vc: Vchan,
+                 protocol: _asyncio.BaseProtocol, extra: dict[str, Any] | None = None) -> None:
+        super().__init__(dict(extra or {}, vchan=vc))
+        self._loop = loop
+        self._vc: Vchan | None = vc
+        self._protocol = protocol
+        self._fd = vc.fileno()
+        self._wbuf = bytearray()
+        self._high = DEFAULT_LIMIT
+        self._low = DEFAULT_LIMIT // 4
+        self._write_paused = False
+        self._read_paused = False
+        self._eof = False
+        self._closing = False
+        self._scheduled = False
+        #: Why queued bytes were dropped (the peer left, or written after close).
+        self.write_error: Exception | None = None
+        vc.set_blocking(False)
+        loop.call_soon(protocol.connection_made, self)
+        loop.add_reader(self._fd, self._on_ready)
+        self._schedule()
+
+    # -- event handling ---------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        if not self._scheduled and self._vc is not None:
+            self._scheduled = True
+            self._loop.call_soon(self._service)
+
+    def _on_ready(self) -> None:
+        vc = self._vc
+        if vc is None:
+            return
+        try:
+            if _readable(self._fd):
+                vc.wait()  # clears the readiness; will not block (the fd is readable)
+        except (OSError, ValueError) as exc:
+            self._fatal(exc)
+            return
+        self._service()
+
+    def _service(self) -> None:
+        self._scheduled = False
+        vc = self._vc
+        if vc is None:
+            return
+        try:
+            self._flush(vc)
+            if self._vc is not None and not self._read_paused and not self._closing:
+                self._pull(vc)
+            if self._vc is not None and not self._eof and vc.state == State.DISCONNECTED:
+                self._peer_gone(vc)
+        except (OSError, ValueError) as exc:
+            self._fatal(exc)
+            return
+        if self._closing and not self._wbuf:
+            self._shutdown(None)
+
+    def _pull(self, vc: Vchan) -> None:
+        protocol = self._protocol
+        assert isinstance(protocol, _asyncio.Protocol)
+        while not self._read_paused and not self._eof and self._vc is not None:
+            try:
+                data = vc.read(_CHUNK)
+            except BlockingIOError:
+                return
+            if not data:
+                self._peer_gone(vc)
+                return
+            protocol.data_received(data)
+
+    def _flush(self, vc: Vchan) -> None:
+        wbuf = self._wbuf
+        try:
+            while wbuf:
+                space = vc.buffer_space()
+                if space <= 0:
+                    break
+                chunk = wbuf[:space]
+                try:
+                    n = vc.write(chunk)
+                except BlockingIOError:
+                    break
+                del wbuf[:n]
+        except ConnectionError:
+            self._peer_gone(vc)
+            return
+        if self._write_paused and len(wbuf) <= self._low:
+            self._write_paused = False
+            self._protocol.resume_writing()
+
+    def _peer_gone(self, vc: Vchan) -> None:
+        """The peer left: deliver what it sent, then the end of stream, then close."""
+        if not self._eof and not self._closing:
+            protocol = self._protocol
+            assert isinstance(protocol, _asyncio.Protocol)
+            while True:
+                try:
+                    data = vc.read(_CHUNK)
+                except BlockingIOError:
+                    break
+                if not data:
+                    break
+                protocol.data_received(data)
+            self._eof = True
+            protocol.eof_received()
+        self._eof = True
+        exc: Exception | None = None
+        if self._wbuf:
+            exc = Disconnected(f"vchan peer disconnected with {len(self._wbuf)} bytes "
+                               f"not yet taken")
+            self.write_error = exc
+            self._wbuf.clear()
+        self._shutdown(exc)
+
+    def _fatal(self, exc: BaseException) -> None:
+        err = exc if isinstance(exc, Exception) else RuntimeError(str(exc))
+        if isinstance(err, OSError):
+            err = from_oserror(err)
+        self.write_error = self.write_error or err
+        self._wbuf.clear()
+        self._shutdown(err)
+
+    def _shutdown(self, exc: Exception | None) -> None:
+        vc, self._vc = self._vc, None
+        if vc is None:
+            return
+        self._closing = True
+        self._loop.remove_reader(self._fd)
+        vc.close()
+        self._loop.call_soon(self._protocol.connection_lost, exc)
+
+    # -- asyncio.Transport ----------------------------------------------------------
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError(f"data argument must be a bytes-like object, "
+                            f"not {type(data).__name__!r}")
+        if not data:
+            return
+        vc = self._vc
+        if vc is None or self._closing:
+            if self.write_error is None:
+                self.write_error = ConnectionResetError("write on a closed vchan")
+            return
+        self._wbuf += data
+        try:
+            self._flush(vc)
+        except (OSError, ValueError) as exc:
+            self._fatal(exc)
+            return
+        if not self._write_paused and len(self._wbuf) > self._high:
+            self._write_paused = True
+            self._protocol.pause_writing()
+
+    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
+        self.write(b"".join(list_of_data))
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def write_eof(self) -> None:
+        raise NotImplementedError("a vchan has no half-close: use close()")
+
+    def get_write_buffer_size(self) -> int:
+        return len(self._wbuf)
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._low, self._high
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        if high is None:
+            high = DEFAULT_LIMIT if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        self._high, self._low = high, low
+        if self._vc is not None:
+            if not self._write_paused and len(self._wbuf) > high:
+                self._write_paused = True
+                self._protocol.pause_writing()
+            elif self._write_paused and len(self._wbuf) <= low:
+                self._write_paused = False
+                self._protocol.resume_writing()
+
+    def is_reading(self) -> bool:
+        return self._vc is not None and not self._read_paused and not self._closing
+
+    def pause_reading(self) -> None:
+        self._read_paused = True
+
+    def resume_reading(self) -> None:
+        if self._read_paused:
+            self._read_paused = False
+            self._schedule()  # data may be waiting with no new event to come
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        """Stop reading; close the vchan once the queued bytes are in it."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._wbuf:
+            self._schedule()
+        else:
+            self._shutdown(None)
+
+    def abort(self) -> None:
+        """Close now, dropping queued bytes."""
+        if self._wbuf:
+            self.write_error = ConnectionAbortedError("vchan transport aborted")
+            self._wbuf.clear()
+        self._closing = True
+        self._shutdown(None)
+
+    def set_protocol(self, protocol: _asyncio.BaseProtocol) -> None:
+        self._protocol = protocol
+
+    def get_protocol(self) -> _asyncio.BaseProtocol:
+        return self._protocol
+
+    def __repr__(self) -> str:
+        state = "closed" if self._vc is None else "closing" if self._closing else "open"
+        return f"<VchanTransport fd={self._fd} {state} queued={len(self._wbuf)}>"
+
+
+class _StreamProtocol(_asyncio.Protocol):
+    """Feeds a StreamReader and keeps the writer's flow control (drain) and close waiter."""
+
+    def __init__(self, reader: _asyncio.StreamReader) -> None:
+        self._reader = reader
+        self._loop = _asyncio.get_running_loop()
+        self._paused = False
+        self._lost = False
+        self._eof = False
+        self._waiters: list[_asyncio.Future[None]] = []
+        self._closed: _asyncio.Future[None] = self._loop.create_future()
+
+    def connection_made(self, transport: _asyncio.BaseTransport) -> None:
+        self._reader.set_transport(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._reader.feed_data(data)
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._reader.feed_eof()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        if not self._eof:
+            self._eof = True
+            if exc is None or isinstance(exc, ConnectionError):
+                self._reader.feed_eof()
+            else:
+                self._reader.set_exception(exc)
+        self._wake(exc)
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._wake(None)
+
+    def _wake(self, exc: Exception | None) -> None:
+        for waiter in self._waiters:
+            if not waiter.done():
+                if exc is None:
+                    waiter.set_result(None)
+                else:
+                    waiter.set_exception(exc)
+
+    async def drain_helper(self) -> None:
+        if self._lost or not self._paused:
+            return
+        waiter: _asyncio.Future[None] = self._loop.create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            self._waiters.remove(waiter)
+
+    async def wait_closed(self) -> None:
+        await _asyncio.shield(self._closed)
+
+
+class VchanWriter:
+    """The writing half, with the interface of :class:`asyncio.StreamWriter`."""
+
+    def __init__(self, transport: VchanTransport, protocol: _StreamProtocol,
+                 reader: _asyncio.StreamReader) -> None:
+        self._transport = transport
+        self._protocol = protocol
+        self._reader = reader
+
+    @property
+    def transport(self) -> VchanTransport:
+        return self._transport
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue ``data``; it moves into the vchan as ``buffer_space()`` allows."""
+        self._transport.write(data)
+
+    def writelines(self, data: Iterable[bytes | bytearray | memoryview]) -> None:
+        self._transport.writelines(data)
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def write_eof(self) -> None:
+        self._transport.write_eof()
+
+    def close(self) -> None:
+        """Close once queued bytes are in the vchan (they then reach a reading peer)."""
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    async def wait_closed(self) -> None:
+        await self._protocol.wait_closed()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
+
+    async def drain(self) -> None:
+        """Wait until the queue is below the high-water mark.
+
+        Raises :class:`vchan.Disconnected` if the peer left before taking queued bytes, and
+        :class:`ConnectionResetError` after writing to a closed writer.
+        """
+        transport = self._transport
+        if transport.write_error is not None:
+            raise transport.write_error
+        await self._protocol.drain_helper()
+        if transport.write_error is not None:
+            raise transport.write_error
+
+    async def __aenter__(self) -> VchanWriter:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+        await self.wait_closed()
+
+    def __repr__(self) -> str:
+        return f"<VchanWriter {self._transport!r}>"
+
+
+def _streams(vc: Vchan, limit: int,
+             extra: dict[str, Any]) -> tuple[_asyncio.StreamReader, VchanWriter]:
+    loop = _asyncio.get_running_loop()
+    reader = _asyncio.StreamReader(limit=limit, loop=loop)
+    protocol = _StreamProtocol(reader)
+    transport = VchanTransport(loop, vc, protocol, extra)
+    return reader, VchanWriter(transport, protocol, reader)
+
+
+async def _connected_client(domain: int, port: int, allow_any_uid: bool | None,
+                            backend: str | None) -> Vchan:
+    try:
+        pending = _backend.start_client(domain, port, allow_any_uid=allow_any_uid,
+                                        backend=backend)
+    except OSError as exc:
+        raise from_oserror(exc) from None
+    try:
+        await _until(pending.fileno(), lambda: pending.finish(False) == 0)
+    except OSError as exc:
+        pending.close()
+        raise from_oserror(exc) from None
+    except BaseException:
+        pending.close()  # cancelled (or timed out): abandon the attempt
+        raise
+    endpoint = pending.endpoint()
+    ring = _config.CLIENT_RING if isinstance(endpoint, _core.Channel) else None
+    return Vchan(endpoint, read_ring=ring, write_ring=ring)
+
+
+async def _connected_server(domain: int, port: int, read_min: int, write_min: int,
+                            allow_any_uid: bool | None, backend: str | None) -> Vchan:
+    vc = _server(domain, port, read_min, write_min, allow_any_uid=allow_any_uid,
+                 backend=backend)
+    try:
+        vc.set_blocking(False)
+        await _until(vc.fileno(), lambda: vc.state != State.WAITING)
+    except BaseException:
+        vc.close()  # stop listening: the socket file goes away
+        raise
+    return vc
+
+
+async def open_client(domain: int, port: int, *, limit: int = DEFAULT_LIMIT,
+                      backend: str | None = None, allow_any_uid: bool | None = None,
+                      ) -> tuple[_asyncio.StreamReader, VchanWriter]:
+    """Connect to the vchan server in ``domain`` on ``port``, waiting for it to appear.
+
+    Bound the wait with ``asyncio.timeout()`` (or cancel the task). ``backend`` and
+    ``allow_any_uid`` are as for :func:`vchan.client`; ``limit`` as for asyncio's streams.
+    """
+    vc = await _connected_client(domain, port, allow_any_uid, backend)
+    return _streams(vc, limit, {"domain": domain, "port": port})
+
+
+async def open_server(domain: int, port: int, read_min: int = 65536, write_min: int = 65536,
+                      *, limit: int = DEFAULT_LIMIT, backend: str | None = None,
+                      allow_any_uid: bool | None = None,
+                      ) -> tuple[_asyncio.StreamReader, VchanWriter]:
+    """Serve the client in ``domain`` on ``port``; returns once it has connected.
+
+    Listening starts at once (errors such as :class:`vchan.ServerExists` are raised before
+    the first wait); cancelling stops listening and removes the socket file.
+    """
+    vc = await _connected_server(domain, port, read_min, write_min, allow_any_uid, backend)
+    return _streams(vc, limit, {"domain": domain, "port": port})
+
+
+async def connect(protocol_factory: Callable[[], _asyncio.BaseProtocol], domain: int,
+                  port: int, *, backend: str | None = None,
+                  allow_any_uid: bool | None = None,
+                  ) -> tuple[VchanTransport, _asyncio.BaseProtocol]:
+    """Like ``loop.create_unix_connection``: a client transport and its protocol."""
+    vc = await _connected_client(domain, port, allow_any_uid, backend)
+    protocol = protocol_factory()
+    transport = VchanTransport(_asyncio.get_running_loop(), vc, protocol,
+                               {"domain": domain, "port": port})
+    return transport, protocol
+
+
+async def listen(protocol_factory: Callable[[], _asyncio.BaseProtocol], domain: int,
+                 port: int, read_min: int = 65536, write_min: int = 65536, *,
+                 backend: str | None = None, allow_any_uid: bool | None = None,
+                 ) -> tuple[VchanTransport, _asyncio.BaseProtocol]:
+    """Serve one client with a protocol; returns once it has connected."""
+    vc = await _connected_server(domain, port, read_min, write_min, allow_any_uid, backend)
+    protocol = protocol_factory()
+    transport = VchanTransport(_asyncio.get_running_loop(), vc, protocol,
+                               {"domain": domain, "port": port})
+    return transport, protocol
+
+
+def _connected_check(vc: Vchan) -> Callable[[], bool]:
+    return lambda: vc.state != State.WAITING
+
+
+ClientConnected = Callable[[_asyncio.StreamReader, VchanWriter], Awaitable[None] | None]
+
+
+class VchanServer:
+    """Serves clients of one domain on one port, like :class:`asyncio.Server`.
+
+    A vchan serves exactly one client, so after each connection a fresh vchan server
+    listens again at once; each client runs ``client_connected_cb(reader, writer)``
+    (a coroutine function becomes a task). Use ``async with``, :meth:`serve_forever`,
+    :meth:`close` and :meth:`wait_closed`.
+    """
+
+    def __init__(self, client_connected_cb: ClientConnected, domain: int, port: int,
+                 read_min: int, write_min: int, limit: int, backend: str | None,
+                 allow_any_uid: bool | None) -> None:
+        self._cb = client_connected_cb
+        self._args = (domain, port, read_min, write_min, allow_any_uid, backend)
+        self._limit = limit
+        self._extra = {"domain": domain, "port": port}
+        self._listening: Vchan | None = None
+        self._accept_task: _asyncio.Task[None] | None = None
+        self._handlers: set[_asyncio.Task[None]] = set()
+        self._closed = _asyncio.get_running_loop().create_future()
+
+    def _listen(self) -> Vchan:
+        domain, port, read_min, write_min, allow_any_uid, backend = self._args
+        vc = _server(domain, port, read_min, write_min, allow_any_uid=allow_any_uid,
+                     backend=backend)
+        vc.set_blocking(False)
+        return vc
+
+    def _start(self) -> None:
+        self._listening = self._listen()  # errors surface in start_server()
+        self._accept_task = _asyncio.get_running_loop().create_task(self._accept_loop())
+        self._accept_task.add_done_callback(lambda _task: self.close())
+
+    async def _accept_loop(self) -> None:
+        try:
+            while True:
+                vc = self._listening
+                if vc is None:
+                    vc = self._listening = self._listen()
+                await _until(vc.fileno(), _connected_check(vc))
+                self._listening = None
+                self._spawn(vc)
+        finally:
+            if self._listening is not None:
+                self._listening.close()
+                self._listening = None
+
+    def _spawn(self, vc: Vchan) -> None:
+        reader, writer = _streams(vc, self._limit, self._extra)
+        result = self._cb(reader, writer)
+        if _asyncio.iscoroutine(result):
+            task = _asyncio.get_running_loop().create_task(result)
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
+
+    def is_serving(self) -> bool:
+        return self._accept_task is not None and not self._accept_task.done()
+
+    def close(self) -> None:
+        """Stop listening (connected clients are not affected)."""
+        if self._accept_task is not None:
+            self._accept_task.cancel()
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    async def wait_closed(self) -> None:
+        await _asyncio.shield(self._closed)
+        if self._accept_task is not None:
+            try:
+                await self._accept_task
+            except _asyncio.CancelledError:
+                pass
+
+    async def serve_forever(self) -> None:
+        """Serve until cancelled (then stop listening)."""
+        try:
+            await _asyncio.shield(self._closed)
+        finally:
+            self.close()
+            await self.wait_closed()
+
+    async def __aenter__(self) -> VchanServer:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+        await self.wait_closed()
+
+
+async def start_server(client_connected_cb: ClientConnected, domain: int, port: int,
+                       read_min: int = 65536, write_min: int = 65536, *,
+                       limit: int = DEFAULT_LIMIT, backend: str | None = None,
+                       allow_any_uid: bool | None = None) -> VchanServer:
+    """Serve clients of ``domain`` on ``port`` with a callback, like
+    :func:`asyncio.start_unix_server`; returns once listening."""
+    srv = VchanServer(client_connected_cb, domain, port, read_min, write_min, limit,
+                      backend, allow_any_uid)
+    srv._start()
+    return srv
