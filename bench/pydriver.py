@@ -49,6 +49,8 @@ def run_blocking(a: argparse.Namespace, pat: bytes) -> list[dict[str, Any]]:
     reps: list[dict[str, Any]] = []
     try:
         if a.case == "stream":
+            if a.warmup > 0:  # --warmup is in bytes for a stream: one untimed rep
+                _stream_rep(ch, argparse.Namespace(**dict(vars(a), total=a.warmup)), pat, plen)
             for _ in range(a.reps):
                 reps.append(_stream_rep(ch, a, pat, plen))
             return reps
@@ -117,13 +119,21 @@ def _stream_rep(ch: Any, a: argparse.Namespace, pat: bytes, plen: int) -> dict[s
     return {"t0": t0, "t1": t1, "cpu": _cpu() - cpu0, "verified": ok}
 
 
+_pollers: dict[int, Any] = {}
+
+
 def _get(ch: Any, sel: bool) -> bytes:
     if sel:  # how event loops receive: poll the fd, wait(), data_ready(), recv()
-        p = select.poll()
-        p.register(ch.fileno(), select.POLLIN)
-        while ch.data_ready() < PING:
+        fd = ch.fileno()
+        p = _pollers.get(fd)
+        if p is None:
+            p = _pollers[fd] = select.poll()
+            p.register(fd, select.POLLIN)
+        while True:
             p.poll()
             ch.wait()
+            if ch.data_ready() >= PING:
+                break
     data: bytes = ch.recv(PING)
     return data
 

@@ -64,6 +64,7 @@ class Impl:
     kind: str  # raw | lib | py | pyasync
     lib: str | None = None
     skip: str | None = None  # why it cannot run here
+    cases: tuple[str, ...] = ("stream", "ping", "pingsel")  # the case kinds it runs
 
 
 @dataclass
@@ -162,10 +163,13 @@ class CaseRunner:
     def _argv(self, impl: Impl, role: str, case: Case, fd: int | None) -> list[str]:
         s = self.sizes
         common = ["--role", role, "--case", case.kind, "--pattern", self.pattern,
-                  "--ring", str(RING), "--reps", str(s.reps), "--count", str(s.count),
-                  "--warmup", str(s.warmup)]
+                  "--ring", str(RING), "--reps", "1", "--count", str(s.count)]
         if case.kind == "stream":
-            common += ["--chunk", str(case.chunk), "--total", str(s.totals[case.chunk])]
+            total = s.totals[case.chunk]
+            common += ["--chunk", str(case.chunk), "--total", str(total),
+                       "--warmup", str(max(case.chunk, total // 8))]
+        else:
+            common += ["--warmup", str(s.warmup)]
         dom = ["--domain", "1" if role == "server" else "0", "--port", str(self.port)]
         if impl.kind == "raw":
             return [str(VBENCH), *common, "--fd", str(fd)]
@@ -188,7 +192,8 @@ class CaseRunner:
             return subprocess.Popen(argv, stdout=f, stderr=ferr, env=env, cwd=REPO,
                                     pass_fds=fds, preexec_fn=pin)
 
-    def run(self, impl: Impl, case: Case) -> Outcome:
+    def run(self, impl: Impl, case: Case) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+        """One repetition in a fresh pair of processes: (reports, facts)."""
         self.port += 1
         fds: list[socket.socket] = []
         if impl.kind == "raw":
@@ -238,13 +243,7 @@ class CaseRunner:
                 errors.append(f"{role}: {reports[role].get('error', '')} {err[-500:]}".strip())
         if timed_out:
             errors.insert(0, f"timed out after {self.timeout:.0f} s")
-        data = summarize(case, self.sizes, reports)
-        data["cpu_total_s"] = usage
-        data["exit_codes"] = codes
-        if errors:
-            data["errors"] = errors
-        ok = not errors and data.get("verified") is True
-        return Outcome(ok, data)
+        return reports, {"cpu_total_s": usage, "exit_codes": codes, "errors": errors}
 
 
 def _median(xs: list[float]) -> float:
@@ -354,7 +353,9 @@ def implementations(args: argparse.Namespace) -> list[Impl]:
     clib, why = find_clib()
     impls.append(Impl("c", "C library", "lib", clib, why))
     impls.append(Impl("py", "pure Python", "py"))
-    impls.append(Impl("pyasync", "Python asyncio", "pyasync", skip=have_asyncio()))
+    # asyncio is select-driven by construction: its round trip is the select-driven row
+    impls.append(Impl("pyasync", "Python asyncio", "pyasync", skip=have_asyncio(),
+                      cases=("stream", "pingsel")))
     for i, path in enumerate(args.lib, 1):
         p = Path(path).resolve()
         impls.append(Impl(f"lib{i}", p.name, "lib", str(p),
@@ -389,7 +390,9 @@ def main(argv: list[str] | None = None) -> int:
                    "ping_warmup": sizes.warmup, "ping_size": 64,
                    "stream_totals": {str(k): v for k, v in sizes.totals.items()}},
         "implementations": {i.key: {"label": i.label, "kind": i.kind, "lib": i.lib,
-                                    "skipped": i.skip} for i in impls},
+                                    "skipped": i.skip,
+                                    "cases": [c.key for c in cases if c.kind in i.cases]}
+                            for i in impls},
         "results": {i.key: {} for i in impls},
     }
     print(f"vchan bench ({result['mode']}): {pin.text}; {sizes.reps} repetition(s), medians",
@@ -400,17 +403,37 @@ def main(argv: list[str] | None = None) -> int:
     failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix="vb", dir="/tmp") as workdir:
         runner = CaseRunner(sizes, pin, workdir, args.timeout)
-        # Case by case, every implementation in turn, so drift affects them alike.
+        # Case by case; every repetition runs each implementation in turn, in fresh
+        # processes, so that drift and other load on the machine affect them alike.
         for case in cases:
-            for impl in impls:
-                if impl.skip:
-                    continue
-                t = time.monotonic()
-                outcome = runner.run(impl, case)
+            todo = [i for i in impls if not i.skip and case.kind in i.cases]
+            merged: dict[str, dict[str, dict[str, Any]]] = {
+                i.key: {r: {"ok": True, "reps": []} for r in ("server", "client")}
+                for i in todo}
+            facts: dict[str, dict[str, Any]] = {i.key: {"cpu_total_s": [], "errors": [],
+                                                        "wall_s": 0.0} for i in todo}
+            for _ in range(sizes.reps):
+                for impl in todo:
+                    if facts[impl.key]["errors"]:
+                        continue
+                    t = time.monotonic()
+                    reports, f = runner.run(impl, case)
+                    for role in ("server", "client"):
+                        merged[impl.key][role]["reps"] += reports[role].get("reps", [])
+                    facts[impl.key]["cpu_total_s"].append(f["cpu_total_s"])
+                    facts[impl.key]["errors"] += f["errors"]
+                    facts[impl.key]["wall_s"] += time.monotonic() - t
+            for impl in todo:
+                data = summarize(case, sizes, merged[impl.key])
+                data["cpu_total_s"] = facts[impl.key]["cpu_total_s"]
+                if facts[impl.key]["errors"]:
+                    data["errors"] = facts[impl.key]["errors"]
+                outcome = Outcome(not facts[impl.key]["errors"] and data["verified"] is True,
+                                  data)
                 result["results"][impl.key][case.key] = outcome.data
                 status = "ok" if outcome.ok else "FAILED"
                 print(f"  {case.label:26} {impl.label:16} {status} "
-                      f"({time.monotonic() - t:.1f} s) {report.brief(case, outcome.data)}",
+                      f"({facts[impl.key]['wall_s']:.1f} s) {report.brief(case, outcome.data)}",
                       file=sys.stderr)
                 if not outcome.ok:
                     failures.append(f"{impl.label} / {case.label}: "

@@ -41,12 +41,14 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads((tmp_path / "smoke-latest.json").read_text())
     assert "targets (issue 5)" in proc.stdout
-    cases = {"stream-64b", "stream-4kib", "stream-64kib", "ping", "pingsel"}
-    ran = [k for k, v in result["implementations"].items() if not v["skipped"]]
+    every = {"stream-64b", "stream-4kib", "stream-64kib", "ping", "pingsel"}
+    impls = result["implementations"]
+    ran = [k for k, v in impls.items() if not v["skipped"]]
     assert {"raw", "py"} <= set(ran)
+    assert set(impls["raw"]["cases"]) == set(impls["py"]["cases"]) == every
     for impl in ran:
         got = result["results"][impl]
-        assert set(got) == cases, impl
+        assert set(got) == set(impls[impl]["cases"]), impl
         for case, data in got.items():
             assert data["verified"] is True, (impl, case, data)
             assert data.get("errors") is None, (impl, case, data)

@@ -13,6 +13,7 @@
  *            blocking send()/recv().
  *   pingsel  the same, but receiving the way event loops do: poll(fd_for_select),
  *            wait(), data_ready(), recv().
+ * --warmup: ping-pongs before the timed ones, or for a stream the bytes of one untimed rep.
  * Each repetition starts with a 1-byte handshake; the timestamps are CLOCK_MONOTONIC (the
  * same clock in both processes) and the CPU time is getrusage(RUSAGE_SELF), which counts
  * every thread of the process. The result is one JSON object on stdout.
@@ -208,15 +209,15 @@ static bool get_select(void *data, size_t n)
 {
     struct pollfd p = {.fd = O.fd(H), .events = POLLIN};
     for (;;) {
+        if (poll(&p, 1, -1) < 0 && errno != EINTR)
+            return fail("poll: errno %d", errno);
+        if (O.wait(H) < 0)
+            return fail("wait: errno %d", errno);
         int ready = O.data_ready(H);
         if (ready < 0)
             return fail("data_ready returned %d (errno %d)", ready, errno);
         if ((size_t)ready >= n)
             break;
-        if (poll(&p, 1, -1) < 0 && errno != EINTR)
-            return fail("poll: errno %d", errno);
-        if (O.wait(H) < 0)
-            return fail("wait: errno %d", errno);
     }
     return get(data, n);
 }
@@ -428,7 +429,12 @@ int main(int argc, char **argv)
 
     struct rep *reps = calloc((size_t)a.reps, sizeof *reps);
     bool ok = true;
-    if (!stream) {
+    if (stream && a.warmup > 0) { /* --warmup is in bytes for a stream: one untimed rep */
+        struct args w = a;
+        struct rep dummy = {0};
+        w.total = (size_t)a.warmup;
+        ok = stream_rep(&w, &dummy);
+    } else if (!stream) {
         bool wok = true;
         for (int i = 0; ok && i < a.warmup; i++)
             ok = ping_one(&a, sel, NULL, &wok);
