@@ -56,14 +56,23 @@ def _impl_names() -> list[str]:
 _c_build: dict[str, str | None] = {}
 
 
+def _clib_stale() -> bool:
+    """Whether the built library is missing or older than a source file of it."""
+    if not CLIB.exists():
+        return True
+    built = CLIB.stat().st_mtime
+    sources = [*CLIB_DIR.glob("*.[ch]"), *CLIB_DIR.glob("*.map"), CLIB_DIR / "Makefile"]
+    return any(p.stat().st_mtime > built for p in sources if p.exists())
+
+
 def _build_clib() -> str | None:
-    """Build libvchan-socket once per session; return a skip reason or None."""
+    """Build libvchan-socket once per session if missing or stale; return a skip reason."""
     if "done" in _c_build:
         return _c_build["done"]
     reason: str | None = None
     if not (CLIB_DIR / "Makefile").exists():
         reason = f"{CLIB_DIR} has no Makefile yet (C library not written yet)"
-    elif not CLIB.exists():
+    elif _clib_stale():
         proc = subprocess.run(
             ["make", "-C", str(CLIB_DIR)], capture_output=True, text=True, check=False
         )
@@ -151,8 +160,14 @@ class Api:
     def close_all(self) -> None:
         with self._lock:
             handles, self._open = self._open, []
+        errors: list[BaseException] = []
         for h in reversed(handles):
-            self.impl.libvchan_close(h)
+            try:
+                self.impl.libvchan_close(h)
+            except BaseException as exc:  # noqa: BLE001 - close the others first
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
 
 # ---------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import resource
 import select
 import socket
 import time
+import traceback
 
 import pytest
 
@@ -489,15 +490,24 @@ def test_no_fd_leak_after_close(api, sockdir):
 
 
 def _child(fn) -> int:
+    """Run ``fn`` in a forked child; fail with the child's traceback if it raised."""
+    rfd, wfd = os.pipe()
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
+            os.close(rfd)
             fn()
             code = 0
+        except BaseException:
+            os.write(wfd, traceback.format_exc().encode())
         finally:
             os._exit(code)
+    os.close(wfd)
+    with os.fdopen(rfd, "rb") as f:
+        report = f.read().decode()
     _, status = os.waitpid(pid, 0)
+    assert not report, f"child failed:\n{report}"
     return os.waitstatus_to_exitcode(status)
 
 
