@@ -172,7 +172,8 @@ class CaseRunner:
             common += ["--warmup", str(s.warmup)]
         dom = ["--domain", "1" if role == "server" else "0", "--port", str(self.port)]
         if impl.kind == "raw":
-            return [str(VBENCH), *common, "--fd", str(fd)]
+            extra = ["--epoll"] if impl.key == "rawep" else []
+            return [str(VBENCH), *common, "--fd", str(fd), *extra]
         if impl.kind == "lib":
             assert impl.lib is not None
             return [str(VBENCH), *common, "--lib", impl.lib, *dom]
@@ -349,7 +350,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def implementations(args: argparse.Namespace) -> list[Impl]:
-    impls = [Impl("raw", "raw socket", "raw")]
+    impls = [Impl("raw", "raw socket", "raw"),
+             # diagnostic: the raw socket notified the way the libraries do (DESIGN.md)
+             Impl("rawep", "raw+epoll ET", "raw", cases=("pingsel",))]
     clib, why = find_clib()
     impls.append(Impl("c", "C library", "lib", clib, why))
     impls.append(Impl("py", "pure Python", "py"))

@@ -31,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -115,6 +116,30 @@ static int raw_data_ready(void *h)
 }
 
 static void raw_close(void *h) { close(*(int *)h); }
+
+/*
+ * --epoll: the raw socket with the libraries' notification scheme (DESIGN.md): the select fd
+ * is an epoll fd watching the socket edge-triggered for IN|OUT|RDHUP, and wait() consumes
+ * its events. A diagnostic: it shows what that scheme costs on a plain socket.
+ */
+static int raw_epfd = -1;
+
+static int rawep_wait(void *h)
+{
+    struct epoll_event ev[4];
+    (void)h;
+    int r;
+    do
+        r = epoll_wait(raw_epfd, ev, 4, -1);
+    while (r < 0 && errno == EINTR);
+    return r < 0 ? -1 : 0;
+}
+
+static int rawep_fd(void *h)
+{
+    (void)h;
+    return raw_epfd;
+}
 
 static const struct ops raw_ops = {
     raw_write, raw_write, raw_read, raw_recv, raw_wait, raw_fd, raw_data_ready, raw_close,
@@ -354,7 +379,7 @@ static void usage(void)
 {
     fprintf(stderr,
             "usage: vbench --role server|client --case stream|ping|pingsel --pattern FILE\n"
-            "              (--fd N | --lib PATH --domain D --port P)\n"
+            "              (--fd N [--epoll] | --lib PATH --domain D --port P)\n"
             "              [--chunk N] [--total N] [--ring N] [--reps N] [--count N] "
             "[--warmup N]\n");
     exit(2);
@@ -366,8 +391,13 @@ int main(int argc, char **argv)
                      .warmup = 100};
     const char *lib = NULL, *pattern = NULL, *role = NULL;
     int fd = -1, domain = -1, port = -1;
+    bool use_epoll = false;
     for (int i = 1; i < argc; i++) {
         const char *k = argv[i];
+        if (!strcmp(k, "--epoll")) {
+            use_epoll = true;
+            continue;
+        }
         if (i + 1 >= argc)
             usage();
         const char *v = argv[++i];
@@ -425,6 +455,17 @@ int main(int argc, char **argv)
         O = raw_ops;
         rawfd = fd;
         H = &rawfd;
+        if (use_epoll) {
+            struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET};
+            raw_epfd = epoll_create1(EPOLL_CLOEXEC);
+            ev.data.fd = fd;
+            if (raw_epfd < 0 || epoll_ctl(raw_epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+                perror("vbench: epoll");
+                return 2;
+            }
+            O.wait = rawep_wait;
+            O.fd = rawep_fd;
+        }
     }
 
     struct rep *reps = calloc((size_t)a.reps, sizeof *reps);
