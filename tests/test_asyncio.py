@@ -44,13 +44,19 @@ def backend(request: pytest.FixtureRequest, sockdir: str) -> Iterator[str]:
     yield str(CLIB)
 
 
-async def pair(port: int, backend: str = "python", limit: int = va.DEFAULT_LIMIT,
-               read_min: int = 65536, write_min: int = 65536,
-               ) -> tuple[tuple[asyncio.StreamReader, va.VchanWriter],
-                          tuple[asyncio.StreamReader, va.VchanWriter]]:
+async def pair(
+    port: int,
+    backend: str = "python",
+    limit: int = va.DEFAULT_LIMIT,
+    read_min: int = 65536,
+    write_min: int = 65536,
+) -> tuple[
+    tuple[asyncio.StreamReader, va.VchanWriter], tuple[asyncio.StreamReader, va.VchanWriter]
+]:
     """(server streams, client streams), connected to each other in domain 0."""
-    srv = asyncio.create_task(va.open_server(0, port, read_min, write_min, limit=limit,
-                                             backend=backend))
+    srv = asyncio.create_task(
+        va.open_server(0, port, read_min, write_min, limit=limit, backend=backend)
+    )
     cli = await va.open_client(0, port, limit=limit, backend=backend)
     return await srv, cli
 
@@ -108,12 +114,15 @@ def test_large_transfer_both_ways(backend):
 
         async def send(w: va.VchanWriter, data: bytes) -> None:
             for i in range(0, len(data), 100_000):
-                w.write(data[i:i + 100_000])
+                w.write(data[i : i + 100_000])
                 await w.drain()
 
         results = await asyncio.gather(
-            send(cw, data_up), send(sw, data_down),
-            sr.readexactly(len(data_up)), cr.readexactly(len(data_down)))
+            send(cw, data_up),
+            send(sw, data_down),
+            sr.readexactly(len(data_up)),
+            cr.readexactly(len(data_down)),
+        )
         assert results[2] == data_up
         assert results[3] == data_down
         for w in (cw, sw):
@@ -415,8 +424,9 @@ def test_untrusted_connection_does_not_block_the_loop(sockdir, monkeypatch):
     from vchan import _core
 
     refused: list[bool] = []
-    monkeypatch.setattr(_core.Channel, "_trusted",
-                        lambda self, sock: refused.append(True) or len(refused) > 1)
+    monkeypatch.setattr(
+        _core.Channel, "_trusted", lambda self, sock: refused.append(True) or len(refused) > 1
+    )
 
     async def main() -> None:
         srv = await not_done_after(va.open_server(0, 26))
@@ -525,4 +535,3 @@ def test_protocol_transport_forms(backend):
         assert s_proto.eof
 
     run(main())
-

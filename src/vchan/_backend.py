@@ -30,8 +30,14 @@ from typing import Any, Protocol
 from . import _config, _core
 
 __all__ = [
-    "BACKEND_ENV", "CEndpoint", "PendingClient", "load_library", "resolve", "start_client",
-    "start_server", "wait_client",
+    "BACKEND_ENV",
+    "CEndpoint",
+    "PendingClient",
+    "load_library",
+    "resolve",
+    "start_client",
+    "start_server",
+    "wait_client",
 ]
 
 #: Environment variable naming the default backend.
@@ -119,8 +125,10 @@ def load_library(name: str) -> Any:
         except ImportError as exc:
             raise OSError(errno.EINVAL, f"backend {name!r}: {exc}") from None
         except OSError as exc:
-            raise OSError(errno.EINVAL,
-                          f"cannot load libvchan backend {name!r} ({spec}): {exc}") from None
+            reason = str(exc).split("  Additionally")[0].rstrip(". ")
+            raise OSError(
+                errno.EINVAL, f"cannot load libvchan backend {name!r}: {reason}"
+            ) from None
         _libs[key] = lib
         return lib
 
@@ -227,17 +235,25 @@ class _PyPending:
 
 def _no_uid_override(name: str, allow_any_uid: bool | None) -> None:
     if allow_any_uid is not None:
-        raise OSError(errno.EINVAL,
-                      f"allow_any_uid= is only supported by the python backend; with "
-                      f"{name!r} set {_config.ALLOW_ANY_UID_ENV}=1 in the environment")
+        raise OSError(
+            errno.EINVAL,
+            f"allow_any_uid= is only supported by the python backend; with "
+            f"{name!r} set {_config.ALLOW_ANY_UID_ENV}=1 in the environment",
+        )
 
 
 # ------------------------------------------------------------------------------ operations
 
 
-def start_server(domain: int, port: int, read_min: int, write_min: int, *,
-                 allow_any_uid: bool | None = None, backend: str | None = None,
-                 ) -> tuple[Endpoint, int | None, int | None]:
+def start_server(
+    domain: int,
+    port: int,
+    read_min: int,
+    write_min: int,
+    *,
+    allow_any_uid: bool | None = None,
+    backend: str | None = None,
+) -> tuple[Endpoint, int | None, int | None]:
     """Listen (returns at once, WAITING): ``(endpoint, read_ring, write_ring)``.
 
     Ring sizes are known for the python backend only (``None`` otherwise).
@@ -255,8 +271,9 @@ def start_server(domain: int, port: int, read_min: int, write_min: int, *,
     return CEndpoint(lib, h), None, None
 
 
-def start_client(domain: int, port: int, *, allow_any_uid: bool | None = None,
-                 backend: str | None = None) -> PendingClient:
+def start_client(
+    domain: int, port: int, *, allow_any_uid: bool | None = None, backend: str | None = None
+) -> PendingClient:
     """Begin connecting to the server in ``domain`` on ``port`` without blocking."""
     name = resolve(backend)
     if name == PYTHON:

@@ -37,8 +37,14 @@ from vchan.channel import server as _server
 from vchan.exceptions import Disconnected, from_oserror
 
 __all__ = [
-    "VchanServer", "VchanTransport", "VchanWriter", "connect", "listen", "open_client",
-    "open_server", "start_server",
+    "VchanServer",
+    "VchanTransport",
+    "VchanWriter",
+    "connect",
+    "listen",
+    "open_client",
+    "open_server",
+    "start_server",
 ]
 
 #: StreamReader buffer limit and write-queue high-water mark, as in asyncio.
@@ -81,8 +87,13 @@ class VchanTransport(_asyncio.Transport):
     Extra info: ``"vchan"`` (the :class:`Vchan`), ``"domain"`` (the peer's), ``"port"``.
     """
 
-    def __init__(self, loop: _asyncio.AbstractEventLoop, vc: Vchan,
-                 protocol: _asyncio.BaseProtocol, extra: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        loop: _asyncio.AbstractEventLoop,
+        vc: Vchan,
+        protocol: _asyncio.BaseProtocol,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(dict(extra or {}, vchan=vc))
         self._loop = loop
         self._vc: Vchan | None = vc
@@ -190,8 +201,9 @@ class VchanTransport(_asyncio.Transport):
         self._eof = True
         exc: Exception | None = None
         if self._wbuf:
-            exc = Disconnected(f"vchan peer disconnected with {len(self._wbuf)} bytes "
-                               f"not yet taken")
+            exc = Disconnected(
+                f"vchan peer disconnected with {len(self._wbuf)} bytes not yet taken"
+            )
             self.write_error = exc
             self._wbuf.clear()
         self._shutdown(exc)
@@ -217,8 +229,9 @@ class VchanTransport(_asyncio.Transport):
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not isinstance(data, bytes | bytearray | memoryview):
-            raise TypeError(f"data argument must be a bytes-like object, "
-                            f"not {type(data).__name__!r}")
+            raise TypeError(
+                f"data argument must be a bytes-like object, not {type(data).__name__!r}"
+            )
         if not data:
             return
         vc = self._vc
@@ -377,8 +390,9 @@ class _StreamProtocol(_asyncio.Protocol):
 class VchanWriter:
     """The writing half, with the interface of :class:`asyncio.StreamWriter`."""
 
-    def __init__(self, transport: VchanTransport, protocol: _StreamProtocol,
-                 reader: _asyncio.StreamReader) -> None:
+    def __init__(
+        self, transport: VchanTransport, protocol: _StreamProtocol, reader: _asyncio.StreamReader
+    ) -> None:
         self._transport = transport
         self._protocol = protocol
         self._reader = reader
@@ -437,8 +451,9 @@ class VchanWriter:
         return f"<VchanWriter {self._transport!r}>"
 
 
-def _streams(vc: Vchan, limit: int,
-             extra: dict[str, Any]) -> tuple[_asyncio.StreamReader, VchanWriter]:
+def _streams(
+    vc: Vchan, limit: int, extra: dict[str, Any]
+) -> tuple[_asyncio.StreamReader, VchanWriter]:
     loop = _asyncio.get_running_loop()
     reader = _asyncio.StreamReader(limit=limit, loop=loop)
     protocol = _StreamProtocol(reader)
@@ -446,11 +461,11 @@ def _streams(vc: Vchan, limit: int,
     return reader, VchanWriter(transport, protocol, reader)
 
 
-async def _connected_client(domain: int, port: int, allow_any_uid: bool | None,
-                            backend: str | None) -> Vchan:
+async def _connected_client(
+    domain: int, port: int, allow_any_uid: bool | None, backend: str | None
+) -> Vchan:
     try:
-        pending = _backend.start_client(domain, port, allow_any_uid=allow_any_uid,
-                                        backend=backend)
+        pending = _backend.start_client(domain, port, allow_any_uid=allow_any_uid, backend=backend)
     except OSError as exc:
         raise from_oserror(exc) from None
     try:
@@ -466,10 +481,15 @@ async def _connected_client(domain: int, port: int, allow_any_uid: bool | None,
     return Vchan(endpoint, read_ring=ring, write_ring=ring)
 
 
-async def _connected_server(domain: int, port: int, read_min: int, write_min: int,
-                            allow_any_uid: bool | None, backend: str | None) -> Vchan:
-    vc = _server(domain, port, read_min, write_min, allow_any_uid=allow_any_uid,
-                 backend=backend)
+async def _connected_server(
+    domain: int,
+    port: int,
+    read_min: int,
+    write_min: int,
+    allow_any_uid: bool | None,
+    backend: str | None,
+) -> Vchan:
+    vc = _server(domain, port, read_min, write_min, allow_any_uid=allow_any_uid, backend=backend)
     try:
         vc.set_blocking(False)
         await _until(vc.fileno(), lambda: vc.state != State.WAITING)
@@ -479,9 +499,14 @@ async def _connected_server(domain: int, port: int, read_min: int, write_min: in
     return vc
 
 
-async def open_client(domain: int, port: int, *, limit: int = DEFAULT_LIMIT,
-                      backend: str | None = None, allow_any_uid: bool | None = None,
-                      ) -> tuple[_asyncio.StreamReader, VchanWriter]:
+async def open_client(
+    domain: int,
+    port: int,
+    *,
+    limit: int = DEFAULT_LIMIT,
+    backend: str | None = None,
+    allow_any_uid: bool | None = None,
+) -> tuple[_asyncio.StreamReader, VchanWriter]:
     """Connect to the vchan server in ``domain`` on ``port``, waiting for it to appear.
 
     Bound the wait with ``asyncio.timeout()`` (or cancel the task). ``backend`` and
@@ -491,10 +516,16 @@ async def open_client(domain: int, port: int, *, limit: int = DEFAULT_LIMIT,
     return _streams(vc, limit, {"domain": domain, "port": port})
 
 
-async def open_server(domain: int, port: int, read_min: int = 65536, write_min: int = 65536,
-                      *, limit: int = DEFAULT_LIMIT, backend: str | None = None,
-                      allow_any_uid: bool | None = None,
-                      ) -> tuple[_asyncio.StreamReader, VchanWriter]:
+async def open_server(
+    domain: int,
+    port: int,
+    read_min: int = 65536,
+    write_min: int = 65536,
+    *,
+    limit: int = DEFAULT_LIMIT,
+    backend: str | None = None,
+    allow_any_uid: bool | None = None,
+) -> tuple[_asyncio.StreamReader, VchanWriter]:
     """Serve the client in ``domain`` on ``port``; returns once it has connected.
 
     Listening starts at once (errors such as :class:`vchan.ServerExists` are raised before
@@ -504,27 +535,39 @@ async def open_server(domain: int, port: int, read_min: int = 65536, write_min: 
     return _streams(vc, limit, {"domain": domain, "port": port})
 
 
-async def connect(protocol_factory: Callable[[], _asyncio.BaseProtocol], domain: int,
-                  port: int, *, backend: str | None = None,
-                  allow_any_uid: bool | None = None,
-                  ) -> tuple[VchanTransport, _asyncio.BaseProtocol]:
+async def connect(
+    protocol_factory: Callable[[], _asyncio.BaseProtocol],
+    domain: int,
+    port: int,
+    *,
+    backend: str | None = None,
+    allow_any_uid: bool | None = None,
+) -> tuple[VchanTransport, _asyncio.BaseProtocol]:
     """Like ``loop.create_unix_connection``: a client transport and its protocol."""
     vc = await _connected_client(domain, port, allow_any_uid, backend)
     protocol = protocol_factory()
-    transport = VchanTransport(_asyncio.get_running_loop(), vc, protocol,
-                               {"domain": domain, "port": port})
+    transport = VchanTransport(
+        _asyncio.get_running_loop(), vc, protocol, {"domain": domain, "port": port}
+    )
     return transport, protocol
 
 
-async def listen(protocol_factory: Callable[[], _asyncio.BaseProtocol], domain: int,
-                 port: int, read_min: int = 65536, write_min: int = 65536, *,
-                 backend: str | None = None, allow_any_uid: bool | None = None,
-                 ) -> tuple[VchanTransport, _asyncio.BaseProtocol]:
+async def listen(
+    protocol_factory: Callable[[], _asyncio.BaseProtocol],
+    domain: int,
+    port: int,
+    read_min: int = 65536,
+    write_min: int = 65536,
+    *,
+    backend: str | None = None,
+    allow_any_uid: bool | None = None,
+) -> tuple[VchanTransport, _asyncio.BaseProtocol]:
     """Serve one client with a protocol; returns once it has connected."""
     vc = await _connected_server(domain, port, read_min, write_min, allow_any_uid, backend)
     protocol = protocol_factory()
-    transport = VchanTransport(_asyncio.get_running_loop(), vc, protocol,
-                               {"domain": domain, "port": port})
+    transport = VchanTransport(
+        _asyncio.get_running_loop(), vc, protocol, {"domain": domain, "port": port}
+    )
     return transport, protocol
 
 
@@ -544,9 +587,17 @@ class VchanServer:
     :meth:`close` and :meth:`wait_closed`.
     """
 
-    def __init__(self, client_connected_cb: ClientConnected, domain: int, port: int,
-                 read_min: int, write_min: int, limit: int, backend: str | None,
-                 allow_any_uid: bool | None) -> None:
+    def __init__(
+        self,
+        client_connected_cb: ClientConnected,
+        domain: int,
+        port: int,
+        read_min: int,
+        write_min: int,
+        limit: int,
+        backend: str | None,
+        allow_any_uid: bool | None,
+    ) -> None:
         self._cb = client_connected_cb
         self._args = (domain, port, read_min, write_min, allow_any_uid, backend)
         self._limit = limit
@@ -558,8 +609,9 @@ class VchanServer:
 
     def _listen(self) -> Vchan:
         domain, port, read_min, write_min, allow_any_uid, backend = self._args
-        vc = _server(domain, port, read_min, write_min, allow_any_uid=allow_any_uid,
-                     backend=backend)
+        vc = _server(
+            domain, port, read_min, write_min, allow_any_uid=allow_any_uid, backend=backend
+        )
         vc.set_blocking(False)
         return vc
 
@@ -624,13 +676,21 @@ class VchanServer:
         await self.wait_closed()
 
 
-async def start_server(client_connected_cb: ClientConnected, domain: int, port: int,
-                       read_min: int = 65536, write_min: int = 65536, *,
-                       limit: int = DEFAULT_LIMIT, backend: str | None = None,
-                       allow_any_uid: bool | None = None) -> VchanServer:
+async def start_server(
+    client_connected_cb: ClientConnected,
+    domain: int,
+    port: int,
+    read_min: int = 65536,
+    write_min: int = 65536,
+    *,
+    limit: int = DEFAULT_LIMIT,
+    backend: str | None = None,
+    allow_any_uid: bool | None = None,
+) -> VchanServer:
     """Serve clients of ``domain`` on ``port`` with a callback, like
     :func:`asyncio.start_unix_server`; returns once listening."""
-    srv = VchanServer(client_connected_cb, domain, port, read_min, write_min, limit,
-                      backend, allow_any_uid)
+    srv = VchanServer(
+        client_connected_cb, domain, port, read_min, write_min, limit, backend, allow_any_uid
+    )
     srv._start()
     return srv
