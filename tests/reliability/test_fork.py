@@ -72,8 +72,11 @@ def _write_stream(api, h, seed: int) -> int:
 def test_fork_during_transfer_child_close_leaves_parent_intact(api, sockdir, child):
     srv, cli = connected_pair(api, read_min=RING, write_min=RING)
     to_cli, to_srv = _stream.Checker(11), _stream.Checker(12)
-    bgs = [run_bg(_write_stream, api, srv, 11), run_bg(_write_stream, api, cli, 12),
-           run_bg(read_stream, api, srv, to_srv, TOTAL, 30, True)]
+    bgs = [
+        run_bg(_write_stream, api, srv, 11),
+        run_bg(_write_stream, api, cli, 12),
+        run_bg(read_stream, api, srv, to_srv, TOTAL, 30, True),
+    ]
     read_stream(api, cli, to_cli, until=TOTAL // 4, timeout=30, blocking=True)
 
     def in_child() -> None:

@@ -152,6 +152,7 @@ def test_signal_storm_during_connect_and_waiting(api, sockdir):
     """EINTR in client_init's wait for the server and in a WAITING server's wait()."""
     storm = Storm()
     try:
+
         def client():
             storm.join()
             return api.libvchan_client_init(0, 5)
