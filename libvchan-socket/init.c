@@ -32,7 +32,7 @@ static struct libvchan *vchan__alloc(void)
 		return NULL;
 	}
 	c->pid = getpid();
-	c->epfd = c->sock = c->listen_fd = c->ino_fd = c->tfd = -1;
+	c->epfd = c->sock = c->listen_fd = c->ino_fd = c->ino_wd = c->tfd = -1;
 	c->refs = 1;
 	c->blocking = 1;
 	c->state = VCHAN_WAITING;
@@ -371,13 +371,19 @@ static void vchan__arm_timer(int tfd, long ns)
 		(void)timerfd_settime(tfd, 0, &its, NULL);
 }
 
-/* Attach a connected socket to a client (slock held). */
+/*
+ * Attach a connected socket to a client (slock held). The timerfd is closed; the inotify
+ * instance only loses its watch and is closed with the channel: closing an inotify fd
+ * waits for an SRCU grace period (~15 ms) until the removed watch is reaped, which would
+ * delay the connection; by the time the channel is closed that has long happened.
+ */
 static int vchan__client_attach(struct libvchan *c, int fd)
 {
 	if (c->ino_fd >= 0) {
 		vchan__epoll_del(c->epfd, c->ino_fd);
-		vchan__close_fd(c->ino_fd);
-		c->ino_fd = -1;
+		if (c->ino_wd >= 0)
+			(void)inotify_rm_watch(c->ino_fd, c->ino_wd);
+		c->ino_wd = -1;
 	}
 	if (c->tfd >= 0) {
 		vchan__epoll_del(c->epfd, c->tfd);
@@ -538,32 +544,47 @@ VCHAN_API libvchan_t *libvchan_client_init_async(int domain, int port, EVTCHN *w
 		errno = ENOTDIR;
 		goto fail;
 	}
+	/*
+	 * First attempt with no watch: when the server is already there (the common case)
+	 * no inotify instance is needed at all.
+	 */
+	vchan__lock(&c->slock);
+	r = vchan__try_connect(c);
+	vchan__unlock(&c->slock);
+	if (r < 0)
+		goto fail_connect;
+	if (r == 0)
+		goto done;
+	/* Not there yet: the back-off timer, and inotify on the directory. */
+	c->backoff_ms = VCHAN__BACKOFF_FIRST_MS;
 	c->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
 	if (c->tfd < 0 || vchan__epoll_add(c->epfd, c->tfd, EPOLLIN) != 0)
 		goto fail;
-	/* inotify before the first connect(), so no creation is missed */
-	/* out of inotify instances (EMFILE): the timer alone, with a shorter back-off */
 	c->ino_fd = inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
 	if (c->ino_fd >= 0) {
-		if (inotify_add_watch(c->ino_fd, dir, INOTIFY_MASK) < 0) {
+		c->ino_wd = inotify_add_watch(c->ino_fd, dir, INOTIFY_MASK);
+		if (c->ino_wd < 0) {
 			if (errno == ENOENT || errno == ENOTDIR)
 				goto fail;
-			/* no watch available: fall back to the timer alone */
+			/* no watch available (ENOSPC): fall back to the timer alone */
 			vchan__close_fd(c->ino_fd);
 			c->ino_fd = -1;
 		} else if (vchan__epoll_add(c->epfd, c->ino_fd, EPOLLIN) != 0) {
 			goto fail;
 		}
 	}
+	/* (out of inotify instances, EMFILE: the timer alone, with a shorter back-off) */
+	/* Try again now that the watch exists, so that no creation can be missed. */
 	vchan__lock(&c->slock);
 	r = vchan__try_connect(c);
-	if (r < 0)
-		c->connecting = false;
 	vchan__unlock(&c->slock);
 	if (r < 0)
-		goto fail;
+		goto fail_connect;
+done:
 	*watch_fd = c->epfd;
 	return c;
+fail_connect:
+	c->connecting = false;
 fail:
 	vchan__abort(c);
 	return NULL;

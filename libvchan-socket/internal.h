@@ -75,7 +75,8 @@ struct libvchan {
 	dev_t bound_dev;
 	ino_t bound_ino;
 	bool connecting;    /* client: async connection not made yet */
-	int ino_fd;         /* client while connecting: inotify on the directory */
+	int ino_fd;         /* client that had to wait: inotify on the directory */
+	int ino_wd;         /* its watch while connecting, else -1 */
 	int tfd;            /* client while connecting: back-off timerfd */
 	unsigned backoff_ms;
 
