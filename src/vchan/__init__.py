@@ -20,6 +20,15 @@ from .exceptions import (
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    """``vchan.asyncio`` is imported on first use (``import vchan.asyncio`` also works)."""
+    if name == "asyncio":
+        import importlib
+
+        return importlib.import_module(".asyncio", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "ConnectTimeout", "Disconnected", "InvalidArgument", "MessageTooLong", "PathInUse",
     "ServerExists", "SocketDirMissing", "SocketPathTooLong", "State", "UntrustedPeer",
