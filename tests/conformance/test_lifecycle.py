@@ -8,6 +8,8 @@ import os
 import resource
 import select
 import socket
+import subprocess
+import sys
 import time
 import traceback
 
@@ -471,6 +473,26 @@ def test_must_all_fds_close_on_exec_client_sync_and_async(api, sockdir):
     wait_until(lambda: api.libvchan_is_open(srv2) == VCHAN_CONNECTED)
     bad = sorted(fd for fd in _fds() - before if not _cloexec(fd))
     assert not bad, f"fds without FD_CLOEXEC: {bad}"
+
+
+def test_must_exec_child_inherits_no_library_fd(api, sockdir):
+    """End to end: a child exec'd with close_fds=False sees none of the channel's fds."""
+    before = _fds()
+    srv, cli = connected_pair(api)
+    ret = api.libvchan_client_init_async(0, 2)
+    assert ret is not None
+    w = api.libvchan_server_init(0, 3, 0, 0)
+    assert api.libvchan_send(w, b"buffered", 8) == 8
+    ours = _fds() - before
+    assert ours
+    script = "import os; print(' '.join(os.listdir('/proc/self/fd')))"
+    out = subprocess.run(
+        [sys.executable, "-c", script], close_fds=False, capture_output=True, text=True, check=True
+    ).stdout
+    inherited = {int(x) for x in out.split()} & ours
+    # the child's own fds (0-2, its listdir fd) may coincide by number; ours are all >= 3
+    leaked = {fd for fd in inherited if fd > 3}
+    assert not leaked, f"exec'd child inherited library fds {sorted(leaked)}"
 
 
 def test_no_fd_leak_after_close(api, sockdir):
