@@ -347,7 +347,7 @@ class Channel:
 
     def _gone(self) -> OSError:
         self._state = DISCONNECTED
-        self._overflow.clear()
+        self._overflow = bytearray()  # never resize: views may be alive
         return _oserror(errno.EPIPE, "vchan peer disconnected")
 
     def _pending(self) -> bool:
@@ -786,7 +786,7 @@ class Channel:
         if state == CONNECTED and self._peer_gone():
             self._state = DISCONNECTED
             with self._lock:
-                self._overflow.clear()
+                self._overflow = bytearray()  # never resize: views may be alive
         return self._state
 
     def _peer_gone(self) -> bool:
@@ -817,7 +817,7 @@ class Channel:
                 return
             self._closed = True
             if self._inherited:
-                self._overflow.clear()
+                self._overflow = bytearray()  # never resize: views may be alive
                 self._busy = 0
                 self._release_fds()
                 return
@@ -838,7 +838,7 @@ class Channel:
                 try:
                     self._flush_overflow(bounded=False)
                 except OSError:
-                    self._overflow.clear()
+                    self._overflow = bytearray()  # never resize: views may be alive
             if self._overflow and self._state == CONNECTED and self._sock is not None:
                 self._handoff = True  # the pusher delivers the rest, then closes the socket
                 self._start_pusher()
@@ -857,8 +857,8 @@ class Channel:
                 os.close(fd)
         self._inotify = self._timer = -1
         self._ep.close()
-        self._overflow.clear()
-        self._stash.clear()
+        self._overflow = bytearray()  # never resize: views may be alive
+        self._stash = bytearray()
 
     def _forked(self) -> None:
         """In a child after fork(): the parent owns the channel; never disturb it."""
@@ -866,7 +866,7 @@ class Channel:
         self._lock = threading.Lock()
         self._pusher = None
         self._busy = 0
-        self._overflow.clear()
+        self._overflow = bytearray()  # never resize: views may be alive
 
     @property
     def state(self) -> int:
