@@ -355,18 +355,47 @@ def sockdir(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def get_impl(name: str) -> Any:
+    """The implementation called ``name`` (loaded once; skips if unavailable)."""
+    if name not in _impl_cache:
+        _impl_cache[name] = _load_impl(name)
+    return _impl_cache[name]
+
+
+def _teardown(apis: list[Api], start: int) -> None:
+    try:
+        for a in apis:
+            a.close_all()
+    finally:
+        for bg in _threads[start:]:
+            bg.thread.join(TIMEOUT)
+        del _threads[start:]
+
+
 @pytest.fixture(params=_impl_names())
 def api(request: pytest.FixtureRequest, sockdir: str) -> Iterator[Api]:
     """One libvchan implementation (see module doc); open handles are closed afterwards."""
     name: str = request.param
-    if name not in _impl_cache:
-        _impl_cache[name] = _load_impl(name)
-    wrapped = Api(_impl_cache[name], name)
+    wrapped = Api(get_impl(name), name)
     start = len(_threads)
     try:
         yield wrapped
     finally:
-        wrapped.close_all()
-        for bg in _threads[start:]:
-            bg.thread.join(TIMEOUT)
-        del _threads[start:]
+        _teardown([wrapped], start)
+
+
+def _impl_pairs() -> list[tuple[str, str]]:
+    names = _impl_names()
+    return [(a, b) for a in names for b in names if a != b]
+
+
+@pytest.fixture(params=_impl_pairs(), ids=lambda p: f"{p[0]}-server-{p[1]}-client")
+def api_pair(request: pytest.FixtureRequest, sockdir: str) -> Iterator[tuple[Api, Api]]:
+    """Two different implementations (server side, client side), for cross interop."""
+    a, b = request.param
+    pair = (Api(get_impl(a), a), Api(get_impl(b), b))
+    start = len(_threads)
+    try:
+        yield pair
+    finally:
+        _teardown(list(pair), start)
