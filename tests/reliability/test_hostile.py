@@ -223,7 +223,7 @@ def test_peer_trickles_one_byte_at_a_time_to_us(api, sockdir, our_role):
 
     def trickle():
         for i in range(total):
-            peer.send(data[i:i + 1])
+            peer.send(data[i : i + 1])
             if i % 64 == 0:
                 time.sleep(0.001)
 
@@ -335,8 +335,9 @@ def test_flood_both_ways_with_nonblocking_and_wait(api, sockdir):
     while mine.count < total or sent < total:
         progress = False
         if sent < total:
-            n = api.libvchan_write(h, _stream.chunk(61, sent, min(100_000, total - sent)),
-                                   min(100_000, total - sent))
+            n = api.libvchan_write(
+                h, _stream.chunk(61, sent, min(100_000, total - sent)), min(100_000, total - sent)
+            )
             assert n >= 0
             sent += n
             progress = n > 0

@@ -114,9 +114,7 @@ def test_server_over_stale_socket_of_sigkilled_server(api, sockdir, spawn):
 
 
 @pytest.mark.parametrize("live", ["same-impl", "plain"])
-def test_second_server_on_live_path_fails_eaddrinuse_and_takes_nothing(
-    api, sockdir, spawn, live
-):
+def test_second_server_on_live_path_fails_eaddrinuse_and_takes_nothing(api, sockdir, spawn, live):
     path = sock_path(sockdir, 0, 0, 1)
     first = spawn("server", "hold", impl="plain" if live == "plain" else None, greet="first")
     first.expect("READY")
@@ -169,7 +167,8 @@ def test_concurrent_server_inits_on_one_path_exactly_one_wins(api, sockdir):
         winners = [h for h, _ in results if h is not None]
         errs = sorted({e for h, e in results if h is None})
         assert len(winners) == 1, (
-            f"round {r}: {len(winners)} servers got a handle for one path (errnos {errs})")
+            f"round {r}: {len(winners)} servers got a handle for one path (errnos {errs})"
+        )
         assert set(errs) <= {errno.EADDRINUSE}, [os.strerror(e) for e in errs]
         cli = bounded(api.libvchan_client_init, 0, port)
         assert cli is not None
