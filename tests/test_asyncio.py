@@ -13,7 +13,8 @@ import pytest
 
 import vchan
 import vchan.asyncio as va
-from tests.conftest import CLIB, SETTLE, TIMEOUT, _build_clib, pattern, sock_path
+from tests import _backends
+from tests.conftest import SETTLE, TIMEOUT, pattern, sock_path
 
 T = TypeVar("T")
 
@@ -33,15 +34,10 @@ def _private_socket_dir(sockdir: str) -> str:
     return sockdir
 
 
-@pytest.fixture(params=["python", "c"])
+@pytest.fixture(params=_backends.names())
 def backend(request: pytest.FixtureRequest, sockdir: str) -> Iterator[str]:
-    if request.param == "python":
-        yield "python"
-        return
-    reason = _build_clib()
-    if reason is not None:
-        pytest.skip(reason)
-    yield str(CLIB)
+    """``python``, our C library, or ``$VCHAN_TEST_LIB``."""
+    yield _backends.backend_arg(request.param)
 
 
 async def pair(

@@ -13,28 +13,24 @@ from collections.abc import Iterator
 import pytest
 
 import vchan
-from tests.conftest import CLIB, TIMEOUT, _build_clib, bounded, wait_until
+from tests import _backends
+from tests.conftest import TIMEOUT, bounded, wait_until
 from vchan import _backend, _core
 from vchan._backend import CEndpoint
-
-ALL = ["python", "c"]
 
 
 def clib_path() -> str:
     """Path of our C library, built if needed; skips the test if it is not written yet."""
-    reason = _build_clib()
-    if reason is not None:
-        pytest.skip(reason)
-    return str(CLIB)
+    return _backends.backend_arg("c")
 
 
 def backend_arg(name: str) -> str:
-    return "python" if name == "python" else clib_path()
+    return _backends.backend_arg(name)
 
 
-@pytest.fixture(params=ALL)
+@pytest.fixture(params=_backends.names())
 def backend(request: pytest.FixtureRequest, sockdir: str) -> Iterator[str]:
-    """A backend argument: ``python`` or the path of our C library."""
+    """A backend argument: ``python``, our C library, or ``$VCHAN_TEST_LIB``."""
     yield backend_arg(request.param)
 
 

@@ -475,9 +475,10 @@ def test_server_already_listening(sockdir):
 
 
 @pytest.mark.parametrize("cmd", [["listen", "1", "7"], ["connect", "0", "7"]])
-def test_interrupt_exits_130_quietly(sockdir, procs, cmd):
+@pytest.mark.parametrize(("sig", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupt_exits_quietly(sockdir, procs, cmd, sig, status):
     proc = subprocess.Popen(
-        VCHAN + ["-v"][:0] + [*cmd, "--verbose"],
+        VCHAN + [*cmd, "--verbose"],
         env=env_for(sockdir),
         stdin=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -485,9 +486,9 @@ def test_interrupt_exits_130_quietly(sockdir, procs, cmd):
     procs.append(proc)
     assert proc.stderr is not None
     assert proc.stderr.readline().startswith(b"vchan: ")  # listening / connecting
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     code, err = finish(proc)
-    assert code == 130
+    assert code == status
     assert err == b""
     assert os.listdir(sockdir) == []  # a listener removed its socket file
 

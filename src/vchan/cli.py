@@ -14,6 +14,7 @@ import os
 import pwd
 import re
 import select
+import signal
 import stat
 import sys
 import textwrap
@@ -56,7 +57,7 @@ to send a request and read the whole reply).
 exit status: 0 at a clean end of stream (the peer closed and everything received was
 written out, or our input ended and was delivered); 1 with a one-line message on error
 (including a peer that left before taking input we had read, and a closed standard output);
-2 for usage errors; 130 on interrupt."""
+2 for usage errors; 130 on interrupt (SIGINT), 143 on SIGTERM."""
 
 
 class CliError(Exception):
@@ -536,6 +537,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in ("listen", "connect"):
+        # Leave like Ctrl-C on SIGTERM, so a listening server removes its socket file.
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         if args.command in ("listen", "connect"):
             return _cmd_copy(args)
@@ -546,6 +550,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(str(exc))
     except KeyboardInterrupt:
         return 130
+    except _Terminated:
+        return 128 + signal.SIGTERM
     except BrokenPipeError:
         # Nothing more can be written to stdout; keep the interpreter's final flush quiet.
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -556,6 +562,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (VchanError, OSError, ValueError) as exc:
         _error(_describe(exc))
     return 1
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived: unwind (closing the channel), then exit 143."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise _Terminated
 
 
 def _error(message: str) -> None:
