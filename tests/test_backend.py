@@ -9,12 +9,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 import vchan
 from tests import _backends
-from tests.conftest import TIMEOUT, bounded, wait_until
+from tests.conftest import TIMEOUT, bounded, pattern, wait_until
 from vchan import _backend, _core
 from vchan._backend import CEndpoint
 
@@ -162,3 +163,94 @@ def test_use_after_close_and_errors_map(backend, sockdir):
         assert info.value.errno == errno.EBADF
     with pytest.raises(vchan.InvalidArgument):
         vchan.server(40000, 1, backend=backend)
+
+
+# ------------------------------------------------- libraries without libvchan_set_blocking
+
+
+def _no_set_blocking_lib() -> Any:
+    """Our C library, minus ``libvchan_set_blocking`` (like the reference libvchan-socket)."""
+    from vchan._cffi import CLibvchan
+
+    class NoSetBlocking(CLibvchan):
+        def libvchan_set_blocking(self, handle: Any, blocking: bool) -> None:
+            raise NotImplementedError(f"{self.path} has no libvchan_set_blocking")
+
+    return NoSetBlocking(clib_path())
+
+
+def _emulated_pair(lib: Any, port: int) -> tuple[vchan.Vchan, vchan.Vchan]:
+    h = lib.libvchan_server_init(0, port, 65536, 65536)
+    assert h is not None
+    srv = vchan.Vchan(CEndpoint(lib, h))
+    ret = lib.libvchan_client_init_async(0, port)
+    assert ret is not None
+    cli = vchan.Vchan(_backend.wait_client(_backend._CPending(lib, *ret), TIMEOUT))
+    wait_until(lambda: srv.state == vchan.State.CONNECTED)
+    return srv, cli
+
+
+def test_emulated_non_blocking_mode(sockdir):
+    lib = _no_set_blocking_lib()
+    srv, cli = _emulated_pair(lib, 50)
+    with srv, cli:
+        srv.set_blocking(False)
+        cli.set_blocking(False)
+        assert not srv.blocking
+        with pytest.raises(BlockingIOError):
+            srv.read(10)
+        with pytest.raises(BlockingIOError):
+            srv.recv(10)
+        big = pattern(1_000_000)
+        taken = 0
+        while True:  # write what fits, never waiting
+            try:
+                taken += cli.write(big[taken:])
+            except BlockingIOError:
+                break
+        assert 0 < taken < len(big)
+        with pytest.raises(BlockingIOError):
+            cli.send(b"x" * 65536)
+        got = bytearray()
+        while len(got) < taken:
+            try:
+                got += srv.read(65536)
+            except BlockingIOError:
+                srv.wait()
+        assert bytes(got) == big[:taken]
+        cli.write(b"tail")
+        cli.close()
+        wait_until(lambda: srv.state == vchan.State.DISCONNECTED)
+        assert srv.read(100) == b"tail"  # data that arrived before the close, then EOF
+        assert srv.read(100) == b""
+        with pytest.raises(vchan.Disconnected):
+            srv.write(b"x")
+        srv.set_blocking(True)
+        assert srv.blocking
+
+
+def test_asyncio_streams_over_emulated_non_blocking(sockdir):
+    import asyncio
+
+    import vchan.asyncio as va
+
+    lib = _no_set_blocking_lib()
+    up, down = pattern(2_000_000, 1), pattern(2_000_000, 2)
+
+    async def main() -> None:
+        srv, cli = _emulated_pair(lib, 51)
+        sr, sw = va._streams(srv, va.DEFAULT_LIMIT, {})
+        cr, cw = va._streams(cli, va.DEFAULT_LIMIT, {})
+        cw.write(up)
+        sw.write(down)
+        got_up, got_down, _, _ = await asyncio.gather(
+            sr.readexactly(len(up)), cr.readexactly(len(down)), cw.drain(), sw.drain()
+        )
+        assert got_up == up and got_down == down
+        cw.write(b"bye")
+        cw.close()
+        await cw.wait_closed()
+        assert await sr.read() == b"bye"
+        assert await sr.read() == b""
+
+    asyncio.run(asyncio.wait_for(main(), TIMEOUT))

@@ -141,11 +141,17 @@ class CEndpoint:
 
     -1 (or NULL) from the library becomes ``OSError(errno)``; use after :meth:`close`
     raises ``OSError(EBADF)`` instead of handing a freed handle to the library.
+
+    Libraries without ``libvchan_set_blocking`` (the reference libvchan-socket has none)
+    get non-blocking mode emulated the way qrexec works: read and write only what
+    ``data_ready()`` and ``buffer_space()`` report, so the library's blocking calls never
+    wait; "nothing now" is 0 and a gone peer is EPIPE, as with a real non-blocking mode.
     """
 
     def __init__(self, lib: Any, handle: Any) -> None:
         self._lib = lib
         self._h: Any = handle
+        self._emulated = False  # non-blocking mode emulated over a blocking-only library
 
     def _handle(self) -> Any:
         h = self._h
@@ -159,16 +165,47 @@ class CEndpoint:
             raise OSError(code, os.strerror(code))
         return ret
 
+    def _gone(self) -> bool:
+        return self.is_open() == _core.DISCONNECTED
+
     def read(self, buf: memoryview, size: int) -> int:
+        if self._emulated and size:
+            ready = self.data_ready()
+            if not ready:
+                # Peer-gone check first, then a final look for data (none may be lost).
+                gone = self._gone()
+                ready = self.data_ready()
+                if not ready:
+                    if gone:
+                        raise OSError(errno.EPIPE, "vchan peer disconnected")
+                    return 0
+            size = min(size, ready)
         return self._check(self._lib.libvchan_read(self._handle(), buf, size))
 
     def recv(self, buf: memoryview, size: int) -> int:
+        if self._emulated and size and self.data_ready() < size:
+            gone = self._gone()
+            if self.data_ready() < size:
+                if gone:
+                    raise OSError(errno.EPIPE, "vchan peer disconnected")
+                return 0
         return self._check(self._lib.libvchan_recv(self._handle(), buf, size))
 
     def write(self, data: memoryview, size: int) -> int:
+        if self._emulated and size:
+            if self._gone():
+                raise OSError(errno.EPIPE, "vchan peer disconnected")
+            size = min(size, self.buffer_space())
+            if not size:
+                return 0
         return self._check(self._lib.libvchan_write(self._handle(), data, size))
 
     def send(self, data: memoryview, size: int) -> int:
+        if self._emulated and size:
+            if self._gone():
+                raise OSError(errno.EPIPE, "vchan peer disconnected")
+            if self.buffer_space() < size:
+                return 0
         return self._check(self._lib.libvchan_send(self._handle(), data, size))
 
     def wait(self) -> int:
@@ -184,7 +221,15 @@ class CEndpoint:
         return self._check(self._lib.libvchan_buffer_space(self._handle()))
 
     def set_blocking(self, blocking: bool) -> None:
-        self._lib.libvchan_set_blocking(self._handle(), bool(blocking))
+        handle = self._handle()
+        if not self._emulated:
+            try:
+                self._lib.libvchan_set_blocking(handle, bool(blocking))
+                return
+            except NotImplementedError:
+                if blocking:
+                    return  # blocking is the library's only (and default) mode
+        self._emulated = not blocking
 
     def fileno(self) -> int:
         return self._check(self._lib.libvchan_fd_for_select(self._handle()))
