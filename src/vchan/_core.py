@@ -41,6 +41,7 @@ WAITING: Final = 2
 _EPOLL_SOCK = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
 _POLL_GONE = _linux.POLLRDHUP | select.POLLHUP | select.POLLERR
 _SEND_FLAGS = socket.MSG_NOSIGNAL | socket.MSG_DONTWAIT
+_DONTWAIT = socket.MSG_DONTWAIT
 _BACKOFF_FIRST = 0.001
 _BACKOFF_MAX = 0.1
 _FREE_CHUNK = 4096
@@ -247,7 +248,9 @@ class Channel:
 
     def _attach(self, sock: socket.socket) -> None:
         """Make ``sock`` the channel's connection (lock held)."""
-        sock.setblocking(False)
+        # Blocking at the socket level: a blocking read/recv is then one recv() that sleeps in
+        # the kernel, like a plain socket; every other call passes MSG_DONTWAIT.
+        sock.setblocking(True)
         want = 4 * self.write_ring + 65536
         try:
             if sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < 4 * want:
@@ -392,23 +395,33 @@ class Channel:
             return n
         sock = self._sock
         assert sock is not None
-        while True:
+        if self._blocking:
+            self._enter()
             try:
                 n = sock.recv_into(buf, size)
-            except (BlockingIOError, InterruptedError):
-                n = -1
             except ConnectionResetError:
-                raise self._gone() from None
-            except OSError as exc:
+                n = 0
+            except OSError:
                 self._check_open()
-                raise exc
+                raise
+            finally:
+                self._leave()
             if n > 0:
                 return n
-            if n == 0:
-                raise self._gone()
-            if not self._blocking:
-                return 0
-            self._sock_wait(select.POLLIN | _linux.POLLRDHUP)
+            self._check_open()  # close() from another thread wakes us with EOF
+            raise self._gone()
+        try:
+            n = sock.recv_into(buf, size, _DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except ConnectionResetError:
+            raise self._gone() from None
+        except OSError as exc:
+            self._check_open()
+            raise exc
+        if n > 0:
+            return n
+        raise self._gone()
 
     def recv(self, buf: memoryview, size: int) -> int:
         if size == 0:
@@ -422,12 +435,28 @@ class Channel:
         assert sock is not None
         stash = self._stash
         if not stash and size <= self.read_ring:
-            try:  # common case: everything is already queued
-                n = sock.recv_into(buf, size)
-            except (BlockingIOError, InterruptedError):
-                n = -1
-            except ConnectionResetError:
-                raise self._gone() from None
+            if self._blocking:
+                # One recv() that sleeps in the kernel until all `size` bytes are there; it
+                # returns fewer only if the peer left (or a signal or close() came).
+                self._enter()
+                try:
+                    n = sock.recv_into(buf, size, socket.MSG_WAITALL)
+                except (BlockingIOError, InterruptedError):
+                    n = -1
+                except ConnectionResetError:
+                    n = 0
+                finally:
+                    self._leave()
+                if n == size:
+                    return n
+                self._check_open()
+            else:
+                try:  # common case: everything is already queued
+                    n = sock.recv_into(buf, size, _DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    n = -1
+                except ConnectionResetError:
+                    raise self._gone() from None
             if n == size:
                 return n
             if n > 0:
@@ -440,7 +469,7 @@ class Channel:
             if want > 0:
                 chunk = bytearray(want)
                 try:
-                    n = sock.recv_into(chunk, want)
+                    n = sock.recv_into(chunk, want, _DONTWAIT)
                 except (BlockingIOError, InterruptedError):
                     n = -1
                 except ConnectionResetError:
@@ -472,8 +501,9 @@ class Channel:
             self._leave()
 
     def data_ready(self) -> int:
-        self._check_open()
-        if self._settle() == WAITING:
+        if self._closed:
+            raise _oserror(errno.EBADF, "vchan is closed")
+        if self._state == WAITING and self._settle() == WAITING:
             return 0
         sock = self._sock
         assert sock is not None
@@ -762,7 +792,10 @@ class Channel:
         return self._ep.fileno()
 
     def wait(self) -> int:
-        self._enter()
+        with self._lock:  # _enter(), inlined: this is on every event loop's path
+            if self._closed:
+                raise _oserror(errno.EBADF, "vchan is closed")
+            self._busy += 1
         try:
             while True:
                 try:

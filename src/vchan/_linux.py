@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import os
 import select
 import socket
@@ -92,12 +93,12 @@ def drain(fd: int) -> None:
 
 
 _INT = struct.Struct("i")
+_unpack_int = _INT.unpack
+_ZERO_INT = b"\0\0\0\0"
 
 
 def ioctl_int(sock: socket.socket, request: int) -> int:
-    import fcntl
-
-    return int(_INT.unpack(fcntl.ioctl(sock.fileno(), request, b"\0\0\0\0"))[0])
+    return int(_unpack_int(fcntl.ioctl(sock.fileno(), request, _ZERO_INT))[0])
 
 
 def peer_uid(sock: socket.socket) -> int:

@@ -87,7 +87,10 @@ class Vchan:
         view = memoryview(data).cast("B")
         if not len(view):
             return 0
-        n = self._call(lambda ep: ep.write(view, len(view)))
+        try:
+            n = self._endpoint().write(view, len(view))
+        except OSError as exc:
+            raise from_oserror(exc) from None
         if n == 0:
             raise BlockingIOError("no buffer space on the vchan")
         return n
@@ -115,7 +118,10 @@ class Vchan:
 
     def wait(self) -> None:
         """Block until :meth:`fileno` is readable, and clear that readiness."""
-        self._call(lambda ep: ep.wait())
+        try:
+            self._endpoint().wait()
+        except OSError as exc:
+            raise from_oserror(exc) from None
 
     def fileno(self) -> int:
         """The select fd: readable when something happened since the last :meth:`wait`."""
@@ -129,7 +135,10 @@ class Vchan:
         return self.state != State.DISCONNECTED
 
     def data_ready(self) -> int:
-        return self._call(lambda ep: ep.data_ready())
+        try:
+            return self._endpoint().data_ready()
+        except OSError as exc:
+            raise from_oserror(exc) from None
 
     def buffer_space(self) -> int:
         return self._call(lambda ep: ep.buffer_space())
