@@ -11,11 +11,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/file.h>
 #include <sys/inotify.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/timerfd.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -98,8 +100,12 @@ static int vchan__check_args(int domain, int port)
 
 /* ------------------------------------------------------------------------ server */
 
-/* Whether /proc/net/unix lists a listening socket bound at `path`. */
-static bool vchan__listening_at(const char *path)
+/*
+ * Whether /proc/net/unix lists a live server socket bound at `path`: listening, or bound
+ * and not yet listening (another server between its bind() and listen()). Connected
+ * sockets that inherited the name through accept() do not count.
+ */
+static bool vchan__server_at(const char *path)
 {
 	FILE *f = fopen("/proc/net/unix", "re");
 	char *line = NULL;
@@ -118,8 +124,8 @@ static bool vchan__listening_at(const char *path)
 		if (sscanf(line, "%*s %*x %*x %x %*x %x %*u %n", &flags, &st, &off) < 2 ||
 		    off < 0)
 			continue;
-		/* __SO_ACCEPTCON: the socket is listening */
-		if ((flags & 0x10000) && strcmp(line + off, path) == 0)
+		/* __SO_ACCEPTCON (listening), or SS_UNCONNECTED (bound, not connected) */
+		if (((flags & 0x10000) || st == 1) && strcmp(line + off, path) == 0)
 			found = true;
 	}
 	free(line);
@@ -127,10 +133,14 @@ static bool vchan__listening_at(const char *path)
 	return found;
 }
 
-/* Make the path free for bind(): replace a stale socket, refuse anything else. */
+/*
+ * Make the path free for bind(): replace a stale socket, refuse anything else. The
+ * caller holds the directory lock, so no other vchan server is between its own check and
+ * listen(); the inode is checked again right before unlink() all the same.
+ */
 static int vchan__claim_path(const char *path)
 {
-	struct stat st;
+	struct stat st, again;
 
 	if (lstat(path, &st) != 0)
 		return errno == ENOENT ? 0 : -1;
@@ -138,13 +148,57 @@ static int vchan__claim_path(const char *path)
 		errno = EEXIST;
 		return -1;
 	}
-	if (vchan__listening_at(path)) {
+	if (vchan__server_at(path)) {
 		errno = EADDRINUSE;
+		return -1;
+	}
+	if (lstat(path, &again) != 0)
+		return errno == ENOENT ? 0 : -1;
+	if (again.st_dev != st.st_dev || again.st_ino != st.st_ino) {
+		errno = EADDRINUSE; /* replaced meanwhile by somebody else's server */
 		return -1;
 	}
 	if (unlink(path) != 0 && errno != ENOENT)
 		return -1;
 	return 0;
+}
+
+/*
+ * Serialise server set-up (check, unlink, bind, listen) among vchan servers of every
+ * process with an exclusive flock() on the socket directory. Returns the lock fd (close
+ * to release), or -1 with errno (ENOENT: the directory does not exist).
+ */
+static int vchan__lock_dir(const char *path)
+{
+	char dir[VCHAN__PATH_MAX + 1];
+	char *slash;
+	int fd, r;
+
+	memcpy(dir, path, sizeof(dir));
+	slash = strrchr(dir, '/');
+	if (slash == dir)
+		slash[1] = '\0';
+	else if (slash)
+		*slash = '\0';
+	else
+		strcpy(dir, ".");
+	fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	/*
+	 * The lock is held for microseconds, but a child forked by another thread meanwhile
+	 * shares it until it exits or execs: never wait for it longer than 100 ms, then go
+	 * on without it (the inode checks still narrow the race to microseconds).
+	 */
+	for (int tries = 0; tries < 100; tries++) {
+		struct timespec ms = { 0, 1000000 };
+
+		r = flock(fd, LOCK_EX | LOCK_NB);
+		if (r == 0 || (errno != EWOULDBLOCK && errno != EINTR))
+			break;
+		(void)nanosleep(&ms, NULL);
+	}
+	return fd;
 }
 
 /* socket + bind + listen(0) at c->path; records the bound inode. Returns the fd. */
@@ -194,11 +248,13 @@ static void vchan__unlink_if_ours(struct libvchan *c)
  */
 static void vchan__relisten(struct libvchan *c)
 {
+	int lock_fd = vchan__lock_dir(c->path);
 	int fd;
 
 	vchan__epoll_del(c->epfd, c->listen_fd);
 	vchan__unlink_if_ours(c);
-	fd = vchan__listen(c);
+	fd = vchan__claim_path(c->path) == 0 ? vchan__listen(c) : -1;
+	vchan__close_fd(lock_fd);
 	if (fd >= 0) {
 		if (dup3(fd, c->listen_fd, O_CLOEXEC) < 0) {
 			vchan__close_fd(fd);
@@ -236,14 +292,16 @@ void vchan__try_accept(struct libvchan *c, bool in_wait)
 		goto out;
 	(void)shutdown(c->listen_fd, SHUT_RD);
 	do
-		fd = accept4(c->listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+		fd = accept4(c->listen_fd, NULL, NULL, SOCK_CLOEXEC); /* blocking, see io.c */
 	while (fd < 0 && errno == EINTR);
-	if (fd >= 0 && !vchan__peer_trusted(fd, c->allow_any_uid)) {
-		vchan__close_fd(fd);
-		fd = -1;
-	}
 	if (fd < 0) {
 		vchan__relisten(c);
+		goto out;
+	}
+	if (!vchan__peer_trusted(fd, c->allow_any_uid)) {
+		/* listen again first: when the refused peer sees EOF, we advertise again */
+		vchan__relisten(c);
+		vchan__close_fd(fd);
 		goto out;
 	}
 	vchan__epoll_del(c->epfd, c->listen_fd);
@@ -317,7 +375,7 @@ VCHAN_API libvchan_t *libvchan_server_init(int domain, int port, size_t read_min
 					   size_t write_min)
 {
 	struct libvchan *c;
-	int local;
+	int local, lock_fd;
 
 	if (vchan__check_args(domain, port) || vchan__local_domain(&local))
 		return NULL;
@@ -347,9 +405,14 @@ VCHAN_API libvchan_t *libvchan_server_init(int domain, int port, size_t read_min
 	} else if (write_min <= 2048) {
 		c->write_ring = 2048;
 	}
-	if (vchan__make_path(c->path, local, domain, port) || vchan__claim_path(c->path))
+	if (vchan__make_path(c->path, local, domain, port))
 		goto fail;
-	c->listen_fd = vchan__listen(c);
+	lock_fd = vchan__lock_dir(c->path);
+	if (lock_fd < 0)
+		goto fail;
+	if (vchan__claim_path(c->path) == 0)
+		c->listen_fd = vchan__listen(c);
+	vchan__close_fd(lock_fd);
 	if (c->listen_fd < 0)
 		goto fail;
 	if (vchan__epoll_add(c->epfd, c->listen_fd, EPOLLIN) != 0)
@@ -379,6 +442,8 @@ static void vchan__arm_timer(int tfd, long ns)
  */
 static int vchan__client_attach(struct libvchan *c, int fd)
 {
+	int r;
+
 	if (c->ino_fd >= 0) {
 		vchan__epoll_del(c->epfd, c->ino_fd);
 		if (c->ino_wd >= 0)
@@ -390,6 +455,10 @@ static int vchan__client_attach(struct libvchan *c, int fd)
 		vchan__close_fd(c->tfd);
 		c->tfd = -1;
 	}
+	/* the connection is a blocking socket (io.c): connect() itself was non-blocking */
+	r = fcntl(fd, F_GETFL);
+	if (r >= 0)
+		(void)fcntl(fd, F_SETFL, r & ~O_NONBLOCK);
 	c->w = vchan__setup_sndbuf(fd, c->write_ring);
 	c->sock = fd;
 	c->connecting = false;

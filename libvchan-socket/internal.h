@@ -63,7 +63,7 @@ struct libvchan {
 	int state;          /* VCHAN_WAITING, VCHAN_CONNECTED, VCHAN_DISCONNECTED */
 
 	/* ---- written once before state leaves WAITING ---- */
-	int sock;           /* the connection, O_NONBLOCK, or -1 */
+	int sock;           /* the connection (a blocking socket, see io.c), or -1 */
 	size_t w;           /* W = SO_SNDBUF / 4 */
 
 	/* ---- slock ---- */
@@ -112,6 +112,7 @@ size_t vchan__setup_sndbuf(int fd, size_t write_ring);
 int vchan__poll1(int fd, short events, int timeout_ms);
 ssize_t vchan__send(int fd, const void *buf, size_t len);
 ssize_t vchan__recv(int fd, void *buf, size_t len);
+ssize_t vchan__recv_flags(int fd, void *buf, size_t len, int flags);
 int vchan__ioctl_int(int fd, unsigned long req);
 void vchan__close_fd(int fd);
 void vchan__lock(pthread_mutex_t *m);

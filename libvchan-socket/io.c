@@ -5,6 +5,12 @@
  * Copyright (c) 2026 The vchan developers
  *
  * The common path of every call is one send() or recv() system call (DESIGN.md).
+ *
+ * The connection is a *blocking* socket: every call that must not wait passes
+ * MSG_DONTWAIT, so a blocking read() or recv() that has to wait sleeps inside one recv()
+ * (MSG_WAITALL for recv) instead of recv + poll + recv. close() from another thread wakes
+ * it with shutdown(SHUT_RD). Writes never block in the kernel: a blocking write waits with
+ * poll(), which close() also wakes.
  */
 #include <errno.h>
 #include <linux/sockios.h>
@@ -89,14 +95,22 @@ static ssize_t vchan__sendk(struct libvchan *c, const char *p, size_t n)
 }
 
 /* W - U as the payload that fits, re-measuring U (wlock held). */
+static size_t vchan__room_raw(struct libvchan *c);
+
 static size_t vchan__room(struct libvchan *c)
+{
+	return vchan__fit(vchan__room_raw(c));
+}
+
+/* W - U (bytes of truesize still below W), re-measuring U (wlock held). */
+static size_t vchan__room_raw(struct libvchan *c)
 {
 	int u = vchan__ioctl_int(c->sock, SIOCOUTQ);
 
 	if (u < 0)
 		return 0;
 	c->u_est = (size_t)u;
-	return c->w > (size_t)u ? vchan__fit(c->w - (size_t)u) : 0;
+	return c->w > (size_t)u ? c->w - (size_t)u : 0;
 }
 
 /* Send at most fit(W - U) bytes so that U <= W holds after (wlock held). */
@@ -178,16 +192,16 @@ static size_t vchan__measure_space(struct libvchan *c)
 }
 
 /*
- * The blocking remainder of a write: wait for the kernel like a plain socket would
- * (DESIGN.md "waiting regime"), then restore the invariant U <= W. 0 or -1.
+ * The blocking remainder of a write: like a plain socket (DESIGN.md "waiting regime"), the
+ * kernel takes what it can, beyond W if need be, and we sleep on POLLOUT when it is full;
+ * then the invariant U <= W is restored before returning. 0 or -1.
  */
 static int vchan__write_waiting(struct libvchan *c, const char *p, size_t n)
 {
 	size_t pos = 0;
-	bool exceeded = false;
 	int r, st;
 
-	while (pos < n) {
+	for (;;) {
 		st = vchan__load(&c->state);
 		if (st == VCHAN_WAITING) {
 			if (vchan__wait_connected(c) < 0)
@@ -198,21 +212,9 @@ static int vchan__write_waiting(struct libvchan *c, const char *p, size_t n)
 			errno = EPIPE;
 			return -1;
 		}
-		r = vchan__poll1(c->sock, POLLOUT | POLLRDHUP, -1);
-		if (vchan__load(&c->closed)) {
-			errno = EBADF;
-			return -1;
-		}
-		if (r < 0)
-			return -1;
-		if (r & POLL_GONE) {
-			vchan__set_disconnected(c);
-			errno = EPIPE;
-			return -1;
-		}
 		vchan__lock(&c->wlock);
 		r = vchan__flush_overflow(c, false, NULL);
-		if (r == 0 && !c->ovf_len) {
+		if (r == 0 && !c->ovf_len && pos < n) {
 			ssize_t k = vchan__sendk(c, p + pos, n - pos);
 
 			if (k < 0)
@@ -220,15 +222,15 @@ static int vchan__write_waiting(struct libvchan *c, const char *p, size_t n)
 			else
 				pos += (size_t)k;
 		}
-		exceeded = true;
+		/* done, and certainly below W: no need to wait for the invariant */
+		if (r == 0 && pos == n && !c->ovf_len && c->u_est <= c->w) {
+			vchan__unlock(&c->wlock);
+			return 0;
+		}
 		vchan__unlock(&c->wlock);
 		if (r < 0)
 			return -1;
-	}
-	if (!exceeded)
-		return 0;
-	/* U may exceed W: wait until the socket is writable again (U <= W). */
-	for (;;) {
+		/* the kernel is full, or we went above W: wait until U <= W */
 		r = vchan__poll1(c->sock, POLLOUT | POLLRDHUP, -1);
 		if (vchan__load(&c->closed)) {
 			errno = EBADF;
@@ -238,16 +240,22 @@ static int vchan__write_waiting(struct libvchan *c, const char *p, size_t n)
 			return -1;
 		if (r & POLL_GONE) {
 			vchan__set_disconnected(c);
-			break; /* the bytes were accepted; the next call reports the loss */
+			if (pos == n)
+				return 0; /* all accepted; the next call reports the loss */
+			errno = EPIPE;
+			return -1;
 		}
-		if (r & POLLOUT)
-			break;
+		if (pos == n && (r & POLLOUT)) {
+			vchan__lock(&c->wlock);
+			if (!c->ovf_len) {
+				if (c->u_est > c->w)
+					c->u_est = c->w; /* writable: U <= W */
+				vchan__unlock(&c->wlock);
+				return 0;
+			}
+			vchan__unlock(&c->wlock);
+		}
 	}
-	vchan__lock(&c->wlock);
-	if (c->u_est > c->w)
-		c->u_est = c->w;
-	vchan__unlock(&c->wlock);
-	return 0;
 }
 
 /* Prologue of the data calls: 0 connected (or disconnected), 1 return 0 now, -1 error. */
@@ -296,9 +304,20 @@ VCHAN_API int libvchan_write(libvchan_t *c, const void *data, size_t size)
 		errno = EPIPE;
 		return -1;
 	}
-	taken = vchan__take(c, st, p, n, c->promised);
-	if (taken > 0)
-		vchan__spend_promise(c, (size_t)taken);
+	if (blocking && st == VCHAN_CONNECTED && !c->ovf_len) {
+		/*
+		 * Blocking, nothing queued: everything goes to the kernel. One send() if it
+		 * fits below W, else the waiting regime (no bounded partial send first).
+		 */
+		taken = 0;
+		if (c->u_est + vchan__tsz(n) <= c->w || vchan__tsz(n) <= vchan__room_raw(c))
+			taken = vchan__sendk(c, p, n);
+		vchan__spend_promise(c, n);
+	} else {
+		taken = vchan__take(c, st, p, n, c->promised);
+		if (taken > 0)
+			vchan__spend_promise(c, (size_t)taken);
+	}
 	vchan__unlock(&c->wlock);
 	if (taken >= 0 && blocking && (size_t)taken < n &&
 	    vchan__write_waiting(c, p + taken, n - (size_t)taken) < 0)
@@ -428,11 +447,22 @@ static int vchan__wait_readable(struct libvchan *c)
 	return r < 0 ? -1 : 0;
 }
 
+/* stash_len is also read without rlock, as a hint, by blocking reads. */
+static void vchan__set_stash_len(struct libvchan *c, size_t n)
+{
+	__atomic_store_n(&c->stash_len, n, __ATOMIC_RELAXED);
+}
+
+static bool vchan__stash_empty_hint(struct libvchan *c)
+{
+	return __atomic_load_n(&c->stash_len, __ATOMIC_RELAXED) == 0;
+}
+
 static size_t vchan__stash_take(struct libvchan *c, char *out, size_t n)
 {
 	n = vchan__min(n, c->stash_len);
 	memcpy(out, c->stash + c->stash_off, n);
-	c->stash_len -= n;
+	vchan__set_stash_len(c, c->stash_len - n);
 	c->stash_off = c->stash_len ? c->stash_off + n : 0;
 	return n;
 }
@@ -463,6 +493,18 @@ VCHAN_API int libvchan_read(libvchan_t *c, void *data, size_t size)
 		return ret < 0 ? -1 : 0;
 	}
 	size = vchan__min(size, c->read_ring);
+	if (vchan__load(&c->blocking) && vchan__stash_empty_hint(c)) {
+		/* one recv() that sleeps in the kernel until data, EOF or our close() */
+		r = vchan__recv_flags(c->sock, data, size, 0);
+		if (r > 0)
+			ret = (int)r;
+		else if (r == 0 || errno == ECONNRESET)
+			ret = vchan__eof(c);
+		else
+			ret = -1;
+		vchan__leave(c);
+		return ret;
+	}
 	vchan__lock(&c->rlock);
 	for (;;) {
 		if (c->stash_len) {
@@ -535,7 +577,7 @@ static int vchan__deliver(struct libvchan *c, char *out, size_t n)
 			if (vchan__stash_reserve(c, got) == 0) {
 				memcpy(c->stash, out, got);
 				c->stash_off = 0;
-				c->stash_len = got;
+				vchan__set_stash_len(c, got);
 			}
 			return r == 0 ? vchan__eof(c) : -1;
 		}
@@ -559,7 +601,19 @@ static int vchan__fill_stash(struct libvchan *c, size_t queued)
 		return 0;
 	r = vchan__recv(c->sock, c->stash + c->stash_len, queued);
 	if (r > 0)
-		c->stash_len += (size_t)r;
+		vchan__set_stash_len(c, c->stash_len + (size_t)r);
+	return 0;
+}
+
+/* Put bytes that were consumed ahead of the stash's contents (rlock held). */
+static int vchan__stash_prepend(struct libvchan *c, const char *p, size_t n)
+{
+	if (vchan__stash_reserve(c, c->stash_len + n) < 0)
+		return -1;
+	memmove(c->stash + n, c->stash + c->stash_off, c->stash_len);
+	memcpy(c->stash, p, n);
+	c->stash_off = 0;
+	vchan__set_stash_len(c, c->stash_len + n);
 	return 0;
 }
 
@@ -599,6 +653,25 @@ VCHAN_API int libvchan_recv(libvchan_t *c, void *data, size_t size)
 		vchan__leave(c);
 		return ret < 0 ? -1 : 0;
 	}
+	if (vchan__load(&c->blocking) && size <= c->read_ring && vchan__stash_empty_hint(c)) {
+		/* one recv() that sleeps in the kernel until all `size` bytes are there */
+		r = vchan__recv_flags(c->sock, out, size, MSG_WAITALL);
+		if (r == (ssize_t)size) {
+			vchan__leave(c);
+			return (int)size;
+		}
+		/* EOF, reset or our close() came first: keep what arrived, decide below */
+		vchan__lock(&c->rlock);
+		if (r > 0 && vchan__stash_prepend(c, out, (size_t)r) < 0) {
+			ret = -1;
+			goto out;
+		}
+		if (vchan__stash_reserve(c, c->read_ring) < 0) {
+			ret = -1;
+			goto out;
+		}
+		goto slow;
+	}
 	vchan__lock(&c->rlock);
 	if (vchan__stash_reserve(c, c->read_ring) < 0) {
 		ret = -1;
@@ -614,7 +687,7 @@ VCHAN_API int libvchan_recv(libvchan_t *c, void *data, size_t size)
 		if (r > 0) {
 			memcpy(c->stash, out, (size_t)r);
 			c->stash_off = 0;
-			c->stash_len = (size_t)r;
+			vchan__set_stash_len(c, (size_t)r);
 		} else if (r == 0 || errno == ECONNRESET) {
 			ret = vchan__eof(c);
 			goto out;
@@ -623,6 +696,7 @@ VCHAN_API int libvchan_recv(libvchan_t *c, void *data, size_t size)
 			goto out;
 		}
 	}
+slow:
 	for (;;) {
 		/* the peer-gone check comes before the final check for data */
 		gone = vchan__load(&c->state) == VCHAN_DISCONNECTED ||

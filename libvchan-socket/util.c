@@ -146,10 +146,16 @@ ssize_t vchan__send(int fd, const void *buf, size_t len)
 
 ssize_t vchan__recv(int fd, void *buf, size_t len)
 {
+	return vchan__recv_flags(fd, buf, len, MSG_DONTWAIT);
+}
+
+/* recv() with flags; a blocking one (flags 0 or MSG_WAITALL) sleeps in the kernel. */
+ssize_t vchan__recv_flags(int fd, void *buf, size_t len, int flags)
+{
 	ssize_t r;
 
 	do
-		r = recv(fd, buf, len, MSG_DONTWAIT);
+		r = recv(fd, buf, len, flags);
 	while (r < 0 && errno == EINTR);
 	return r;
 }
