@@ -36,6 +36,11 @@ VCHAN_CONNECTED = 1
 VCHAN_WAITING = 2
 
 
+def scaled(seconds: float) -> float:
+    """A tolerance of ``seconds`` on a normal machine, scaled like ``TIMEOUT`` (default 10)."""
+    return seconds * TIMEOUT / 10
+
+
 def deadline(seconds: float = TIMEOUT) -> float:
     """A ``time.monotonic()`` deadline ``seconds`` from now."""
     return time.monotonic() + seconds

@@ -19,13 +19,14 @@ from tests.conftest import (
     read_all_until_eof,
     read_exact,
     run_bg,
+    scaled,
     wait_until,
 )
 
 MODES = ["blocking", "nonblocking"]
 SRV_READ_RING, SRV_WRITE_RING = 1024, 2048  # server_init(.., 0, 0)
 CLI_RING = 65536
-QUICK = 1.0  # a call that must not wait returns well within this
+QUICK = scaled(1.0)  # a call that must not wait returns well within this
 
 
 def _pair(api, mode: str, **kw):

@@ -26,11 +26,12 @@ from tests.conftest import (
     pattern,
     read_all_until_eof,
     run_bg,
+    scaled,
     sock_path,
     wait_until,
 )
 
-PROMPT = 1.0  # "promptly": well under a second
+PROMPT = scaled(1.0)  # "promptly": well under a second (scaled on slow machines)
 
 
 def _cpu() -> float:
@@ -55,7 +56,7 @@ def _cloexec(fd: int) -> bool:
 def test_must_server_init_returns_at_once_in_waiting(api, sockdir):
     t0 = time.monotonic()
     srv = bounded(api.libvchan_server_init, 0, 1, 0, 0)
-    assert time.monotonic() - t0 < 0.5
+    assert time.monotonic() - t0 < scaled(0.5)
     assert srv is not None
     assert api.libvchan_is_open(srv) == VCHAN_WAITING
     assert os.path.exists(sock_path(sockdir, 0, 0, 1))
@@ -246,9 +247,14 @@ def _client_latency(api, wait_before: float) -> tuple[float, float]:
 
 
 def test_must_client_connects_within_50ms_of_listen(api, sockdir):
-    # several rounds, after short and longer waits (a growing back-off would show)
-    lat = [_client_latency(api, w)[0] for w in (0.01, 0.1, 0.3, 0.6)]
-    assert max(lat) < 0.050, f"connect latencies after listen: {lat}"
+    # several rounds, after short and longer waits (a growing back-off would show); on a
+    # loaded 2-core machine the scheduler alone can cost tens of ms now and then, so one
+    # late round in eight is tolerated, but not a typical latency near 50 ms
+    waits = (0.01, 0.03, 0.06, 0.1, 0.15, 0.2, 0.3, 0.45)
+    lat = sorted(_client_latency(api, w)[0] for w in waits)
+    shown = [f"{x * 1000:.1f} ms" for x in lat]
+    assert lat[-2] < 0.050, f"connect latencies after listen: {shown}"
+    assert lat[len(lat) // 2] < 0.025, f"median connect latency too high: {shown}"
 
 
 def test_must_client_not_busy_wait_while_server_absent(api, sockdir):
@@ -285,11 +291,11 @@ def test_must_async_client_never_blocks_while_server_absent(api, sockdir):
     assert watch_fd >= 0
     for _ in range(5):
         assert bounded(api.libvchan_client_init_async_finish, h, False, timeout=1) == 1
-    assert time.monotonic() - t0 < 1.0
+    assert time.monotonic() - t0 < scaled(1.0)
     # the caller applies its own timeout, then closes: close returns at once
     t1 = time.monotonic()
     bounded(api.libvchan_close, h, timeout=1)
-    assert time.monotonic() - t1 < 0.5
+    assert time.monotonic() - t1 < scaled(0.5)
 
 
 def test_must_async_client_finish_returns_1_then_0_driven_by_watch_fd(api, sockdir):
@@ -371,7 +377,7 @@ def test_must_close_not_block_when_peer_does_not_read(api, sockdir):
     assert _fill_nonblocking(api, srv) > 0
     t0 = time.monotonic()
     bounded(api.libvchan_close, srv, timeout=2)
-    assert time.monotonic() - t0 < 0.5
+    assert time.monotonic() - t0 < scaled(0.5)
 
 
 def test_must_close_not_block_on_waiting_server_with_buffered_data(api, sockdir):
@@ -379,7 +385,7 @@ def test_must_close_not_block_on_waiting_server_with_buffered_data(api, sockdir)
     assert api.libvchan_send(srv, b"hello", 5) == 5
     t0 = time.monotonic()
     bounded(api.libvchan_close, srv, timeout=2)
-    assert time.monotonic() - t0 < 0.5
+    assert time.monotonic() - t0 < scaled(0.5)
 
 
 @pytest.mark.parametrize("state", ["waiting", "connected"])
@@ -393,7 +399,7 @@ def test_must_close_from_other_thread_not_block_and_wakes_blocked_reader(api, so
     bg.assert_blocked(0.1)
     t0 = time.monotonic()
     bounded(api.libvchan_close, h, timeout=2)
-    assert time.monotonic() - t0 < 0.5
+    assert time.monotonic() - t0 < scaled(0.5)
     assert bg.result(2) == -1
 
 
