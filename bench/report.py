@@ -192,7 +192,7 @@ def chart(result: dict[str, Any], cases: list[Case], path: Path) -> str:
     bars(axes[0], streams, "gbps", "stream throughput, ring 64 KiB", "GB/s", True, True)
     bars(axes[1], streams, "cpu_s_per_gib", "CPU per GiB, both processes", "CPU s / GiB",
          True, False)
-    bars(axes[2], pings, "median_us", "64-byte round trip, median", "µs", True, False)
+    bars(axes[2], pings, "median_us", "64-byte round trip, median", "µs", False, False)
     axes[0].legend(fontsize=8, loc="lower left")
     m = result["machine"]
     fig.suptitle(f"vchan bench {result['started']}: {m.get('cpu')}, {m.get('cpus')} CPUs, "
