@@ -134,6 +134,40 @@ def test_must_read_peer_gone_returns_remaining_data_then_minus1(api, sockdir, mo
     assert bounded(api.libvchan_read, srv, buf, 1, timeout=QUICK) == -1
 
 
+@pytest.mark.parametrize("call", ["read", "recv"])
+@pytest.mark.parametrize("mode", MODES)
+def test_must_no_data_lost_to_peer_close_race(api, sockdir, call, mode):
+    """A peer writes and closes at once, while we are reading: every byte comes before -1."""
+    for port in range(1, 31):
+        srv, cli = connected_pair(api, port=port)
+        api.libvchan_set_blocking(srv, mode == "blocking")
+        size = 1 + port * 33  # up to 991: within the server's 1024-byte read ring
+
+        def reader(h=srv, size=size) -> bytes:
+            out = bytearray()
+            buf = bytearray(size)
+            end = time.monotonic() + TIMEOUT
+            while time.monotonic() < end:
+                if call == "read":
+                    n = api.libvchan_read(h, buf, size)
+                else:
+                    n = api.libvchan_recv(h, buf, size - len(out) or 1)
+                if n < 0:
+                    return bytes(out)
+                out += buf[:n]
+                if n == 0:
+                    time.sleep(0.0002)
+            raise AssertionError("no end of stream")
+
+        rd = run_bg(reader)
+        data = pattern(size, seed=port)
+        assert api.libvchan_send(cli, data, size) == size
+        api.libvchan_close(cli)
+        got = rd.result()
+        assert got == data, f"round {port}: {len(got)}/{size} bytes before -1"
+        api.libvchan_close(srv)
+
+
 def test_must_read_nonblocking_insufficient_returns_0(api, sockdir):
     srv, cli = _pair(api, "nonblocking")
     buf = bytearray(10)

@@ -210,6 +210,27 @@ def test_must_only_wait_clears_readiness(api, sockdir, call, mode):
     assert bounded(api.libvchan_wait, srv, timeout=1) == 0
 
 
+@pytest.mark.parametrize("call", ["read", "recv", "data_ready", "buffer_space", "is_open", "send"])
+def test_must_only_wait_clears_peer_closed_event(api, sockdir, call):
+    srv, cli = connected_pair(api)
+    api.libvchan_set_blocking(srv, False)
+    settle(api, srv)
+    assert api.libvchan_send(cli, b"ab", 2) == 2
+    api.libvchan_close(cli)
+    assert fd_readable(_fd(api, srv), TIMEOUT)
+    wait_until(lambda: api.libvchan_is_open(srv) == VCHAN_DISCONNECTED)
+    buf = bytearray(10)
+    for _ in range(3):
+        if call in ("read", "recv"):
+            getattr(api, f"libvchan_{call}")(srv, buf, 1)
+        elif call == "send":
+            assert api.libvchan_send(srv, b"x", 1) == -1
+        else:
+            getattr(api, f"libvchan_{call}")(srv)
+    assert fd_readable(_fd(api, srv)), f"{call}() swallowed the peer-closed event"
+    assert bounded(api.libvchan_wait, srv, timeout=1) == 0
+
+
 @pytest.mark.parametrize("call", ["data_ready", "buffer_space", "is_open"])
 def test_must_only_wait_clears_client_connected_event(api, sockdir, call):
     srv = api.libvchan_server_init(0, 1, 0, 0)
