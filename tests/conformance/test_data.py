@@ -289,6 +289,28 @@ def test_must_recv_blocking_more_than_ring_minus1(api, sockdir, side, ring):
     )
 
 
+def test_must_recv_nonblocking_more_than_ring_returns_0_while_connected(api, sockdir):
+    srv, cli = _pair(api, "nonblocking")
+    assert api.libvchan_send(cli, b"abc", 3) == 3
+    wait_until(lambda: api.libvchan_data_ready(srv) == 3)
+    buf = bytearray(SRV_READ_RING + 1)
+    assert bounded(api.libvchan_recv, srv, buf, SRV_READ_RING + 1, timeout=QUICK) == 0
+    assert api.libvchan_data_ready(srv) == 3
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_must_recv_more_than_ring_after_peer_gone_minus1(api, sockdir, mode):
+    """Peer gone and fewer than n bytes left (n > ring): -1, whatever the mode."""
+    srv, cli = _pair(api, mode)
+    assert api.libvchan_send(cli, b"abc", 3) == 3
+    api.libvchan_close(cli)
+    _wait_disconnected(api, srv)
+    buf = bytearray(SRV_READ_RING + 1)
+    ret = bounded_err(api, api.libvchan_recv, srv, buf, SRV_READ_RING + 1, timeout=QUICK)
+    assert ret[0] == -1
+    assert api.libvchan_data_ready(srv) == 3, "nothing consumed"
+
+
 def test_must_recv_blocking_insufficient_waits_for_the_rest(api, sockdir):
     srv, cli = _pair(api, "blocking")
     assert api.libvchan_send(cli, b"first", 5) == 5
