@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import socket
 import threading
@@ -66,6 +67,8 @@ async def not_done_after(aw: Awaitable[Any], settle: float = SETTLE) -> asyncio.
 
 
 def open_fds() -> set[int]:
+    """This process's open fds (after collecting garbage that may still hold some)."""
+    gc.collect()
     return {int(n) for n in os.listdir("/proc/self/fd")}
 
 
@@ -336,7 +339,7 @@ def test_open_client_timeout(backend):
                 await va.open_client(0, 20, backend=backend)
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(va.open_client(0, 20, backend=backend), 0.1)
-        assert open_fds() == fds  # the attempts were closed
+        assert not open_fds() - fds  # the attempts were closed
 
     run(main())
 
@@ -349,7 +352,7 @@ def test_open_client_cancel_then_server_is_free(backend, sockdir):
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert open_fds() == fds
+        assert not open_fds() - fds  # nothing of ours left open
         # A server started now is not taken by the abandoned attempt.
         srv = asyncio.create_task(va.open_server(0, 21, backend=backend))
         await not_done_after(asyncio.shield(srv))
@@ -382,7 +385,7 @@ def test_open_server_cancel_removes_socket(backend, sockdir):
         with pytest.raises(asyncio.CancelledError):
             await task
         assert not sock_path(sockdir, 0, 0, 23).exists()
-        assert open_fds() == fds
+        assert not open_fds() - fds  # nothing of ours left open
 
     run(main())
 
