@@ -23,10 +23,12 @@ Theory of operation (the long form is docs/DESIGN.md; the C library follows the 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import select
 import socket
 import stat
+import struct
 import threading
 import time
 import weakref
@@ -42,6 +44,11 @@ _EPOLL_SOCK = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOL
 _POLL_GONE = _linux.POLLRDHUP | select.POLLHUP | select.POLLERR
 _SEND_FLAGS = socket.MSG_NOSIGNAL | socket.MSG_DONTWAIT
 _DONTWAIT = socket.MSG_DONTWAIT
+_WAITALL = socket.MSG_WAITALL
+_FIONREAD = _linux.FIONREAD
+_ioctl = fcntl.ioctl
+_unpack_int = struct.Struct("i").unpack
+_ZERO_INT = b"\0\0\0\0"
 _BACKOFF_FIRST = 0.001
 _BACKOFF_MAX = 0.1
 _FREE_CHUNK = 4096
@@ -396,7 +403,11 @@ class Channel:
         sock = self._sock
         assert sock is not None
         if self._blocking:
-            self._enter()
+            lock = self._lock  # _enter() and _leave(), inlined
+            with lock:
+                if self._closed:
+                    raise _oserror(errno.EBADF, "vchan is closed")
+                self._busy += 1
             try:
                 n = sock.recv_into(buf, size)
             except ConnectionResetError:
@@ -405,7 +416,10 @@ class Channel:
                 self._check_open()
                 raise
             finally:
-                self._leave()
+                with lock:
+                    self._busy -= 1
+                    if not self._busy and (self._retired or self._closed):
+                        self._idle_cleanup()
             if n > 0:
                 return n
             self._check_open()  # close() from another thread wakes us with EOF
@@ -427,10 +441,11 @@ class Channel:
         if size == 0:
             self._check_open()
             return 0
-        while self._settle() == WAITING:
-            if not self._blocking:
-                return 0
-            self._wait_connected()
+        if self._state == WAITING:
+            while self._settle() == WAITING:
+                if not self._blocking:
+                    return 0
+                self._wait_connected()
         sock = self._sock
         assert sock is not None
         stash = self._stash
@@ -438,15 +453,23 @@ class Channel:
             if self._blocking:
                 # One recv() that sleeps in the kernel until all `size` bytes are there; it
                 # returns fewer only if the peer left (or a signal or close() came).
-                self._enter()
+                # _enter() and _leave(), inlined: this is every blocking recv's path.
+                lock = self._lock
+                with lock:
+                    if self._closed:
+                        raise _oserror(errno.EBADF, "vchan is closed")
+                    self._busy += 1
                 try:
-                    n = sock.recv_into(buf, size, socket.MSG_WAITALL)
+                    n = sock.recv_into(buf, size, _WAITALL)
                 except (BlockingIOError, InterruptedError):
                     n = -1
                 except ConnectionResetError:
                     n = 0
                 finally:
-                    self._leave()
+                    with lock:
+                        self._busy -= 1
+                        if not self._busy and (self._retired or self._closed):
+                            self._idle_cleanup()
                 if n == size:
                     return n
                 self._check_open()
@@ -509,7 +532,7 @@ class Channel:
         assert sock is not None
         queued = len(self._stash)
         try:
-            queued += _linux.ioctl_int(sock, _linux.FIONREAD)
+            queued += _unpack_int(_ioctl(sock.fileno(), _FIONREAD, _ZERO_INT))[0]
         except OSError:
             self._check_open()
         return min(self.read_ring, queued)
@@ -569,7 +592,8 @@ class Channel:
         if size == 0:
             self._check_open()
             return 0
-        data = data[:size]
+        if len(data) != size:
+            data = data[:size]
         if size <= self.write_ring and self._fast_send(data, size):
             return size
         while True:
@@ -792,7 +816,8 @@ class Channel:
         return self._ep.fileno()
 
     def wait(self) -> int:
-        with self._lock:  # _enter(), inlined: this is on every event loop's path
+        lock = self._lock  # _enter() and _leave() inlined: this is every event loop's path
+        with lock:
             if self._closed:
                 raise _oserror(errno.EBADF, "vchan is closed")
             self._busy += 1
@@ -802,8 +827,9 @@ class Channel:
                     self._ep.poll(-1)
                 except ValueError:
                     pass  # the epoll object was closed under us
-                with self._lock:
-                    self._check_open()
+                with lock:
+                    if self._closed:
+                        raise _oserror(errno.EBADF, "vchan is closed")
                     if self._state != WAITING or self._pending():
                         return 0
                     if self._try_accept():
@@ -811,7 +837,10 @@ class Channel:
                         self._ep.poll(0)
                         return 0
         finally:
-            self._leave()
+            with lock:
+                self._busy -= 1
+                if not self._busy and (self._retired or self._closed):
+                    self._idle_cleanup()
 
     def is_open(self) -> int:
         self._check_open()

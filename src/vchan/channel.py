@@ -97,11 +97,14 @@ class Vchan:
 
     def send(self, data: bytes | bytearray | memoryview) -> None:
         """Write all of ``data`` at once or nothing (at most the write ring)."""
-        view = memoryview(data).cast("B")
-        if not len(view):
+        view = memoryview(data)
+        if view.format != "B" or view.ndim != 1:
+            view = view.cast("B")
+        size = len(view)
+        if not size:
             return
         try:
-            n = self._endpoint().send(view, len(view))
+            n = self._endpoint().send(view, size)
         except OSError as exc:
             raise from_oserror(exc) from None
         if n == 0:
