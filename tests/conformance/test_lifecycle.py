@@ -373,8 +373,12 @@ def _fill_nonblocking(api, h) -> int:
 
 
 def test_must_close_not_block_when_peer_does_not_read(api, sockdir):
-    srv, cli = connected_pair(api)
+    srv, cli = connected_pair(api, read_min=65536, write_min=65536)
     assert _fill_nonblocking(api, srv) > 0
+    # and take every promise too (bytes the library must keep in user space)
+    api.libvchan_set_blocking(srv, False)
+    while (bs := api.libvchan_buffer_space(srv)) > 0:
+        assert api.libvchan_write(srv, bytes(bs), bs) == bs
     t0 = time.monotonic()
     bounded(api.libvchan_close, srv, timeout=2)
     assert time.monotonic() - t0 < scaled(0.5)
