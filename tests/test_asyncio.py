@@ -534,3 +534,25 @@ def test_protocol_transport_forms(backend):
         assert s_proto.eof
 
     run(main())
+
+
+def test_start_server_handler_errors_are_reported_and_serving_continues():
+    errors: list[dict[str, Any]] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: va.VchanWriter) -> None:
+        if await reader.readexactly(1) == b"!":
+            raise RuntimeError("handler failed")
+        writer.write(b"ok")
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: errors.append(ctx))
+        async with await va.start_server(handle, 0, 32):
+            reader, writer = await va.open_client(0, 32)
+            writer.write(b"!")
+            assert await reader.read() == b""  # the failed handler's channel was closed
+            reader, writer = await va.open_client(0, 32)
+            writer.write(b".")
+            assert await reader.readexactly(2) == b"ok"
+
+    run(main())
+    assert [str(e["exception"]) for e in errors] == ["handler failed"]

@@ -635,12 +635,36 @@ class VchanServer:
                 self._listening = None
 
     def _spawn(self, vc: Vchan) -> None:
+        loop = _asyncio.get_running_loop()
         reader, writer = _streams(vc, self._limit, self._extra)
-        result = self._cb(reader, writer)
+
+        def failed(exc: BaseException) -> None:
+            # As asyncio's servers do: report the handler's error, close its channel.
+            loop.call_exception_handler(
+                {
+                    "message": "vchan client_connected_cb failed",
+                    "exception": exc,
+                    "transport": writer.transport,
+                }
+            )
+            writer.transport.abort()
+
+        try:
+            result = self._cb(reader, writer)
+        except Exception as exc:  # noqa: BLE001 - reported, the server keeps serving
+            failed(exc)
+            return
         if _asyncio.iscoroutine(result):
-            task = _asyncio.get_running_loop().create_task(result)
+            task = loop.create_task(result)
             self._handlers.add(task)
-            task.add_done_callback(self._handlers.discard)
+
+            def done(task: _asyncio.Task[None]) -> None:
+                self._handlers.discard(task)
+                exc = None if task.cancelled() else task.exception()
+                if exc is not None:
+                    failed(exc)
+
+            task.add_done_callback(done)
 
     def is_serving(self) -> bool:
         return self._accept_task is not None and not self._accept_task.done()
