@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import vchan
+from tests import _backends
 from tests.conftest import CLIB, TIMEOUT, _build_clib, pattern, sock_path, wait_until
 
 VCHAN = [sys.executable, "-m", "vchan"]
@@ -171,23 +172,26 @@ def test_usage_errors_exit_2(sockdir, args):
 # ---------------------------------------------------------------------------- pipelines
 
 
-def test_tar_pipeline_round_trips_a_directory(sockdir, tmp_path, procs):
+@pytest.mark.parametrize("backend", _backends.names())
+def test_tar_pipeline_round_trips_a_directory(sockdir, tmp_path, procs, backend):
     """`tar c . | vchan connect 0 7` in domain 1; `vchan listen 1 7 | tar x` in domain 0."""
+    lib = _backends.backend_arg(backend)
     src, dst = tmp_path / "src", tmp_path / "dst"
     src.mkdir()
     dst.mkdir()
     make_tree(src)
     receiver = subprocess.Popen(
-        ["sh", "-ec", 'vchan listen 1 7 | tar x -C "$1"', "sh", str(dst)],
-        env=env_for(sockdir, 0),
+        # pipefail: the status is vchan's or tar's, whichever failed
+        ["bash", "-o", "pipefail", "-ec", 'vchan listen 1 7 | tar x -C "$1"', "sh", str(dst)],
+        env=env_for(sockdir, 0, VCHAN_BACKEND=lib),
         stdin=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
     procs.append(receiver)
     wait_until(lambda: sock_path(sockdir, 0, 1, 7).exists())
     sender = subprocess.Popen(
-        ["sh", "-ec", 'cd "$1"; tar c . | vchan connect 0 7', "sh", str(src)],
-        env=env_for(sockdir, 1),
+        ["bash", "-o", "pipefail", "-ec", 'cd "$1"; tar c . | vchan connect 0 7', "sh", str(src)],
+        env=env_for(sockdir, 1, VCHAN_BACKEND=lib),
         stderr=subprocess.PIPE,
     )
     procs.append(sender)
@@ -204,13 +208,21 @@ def test_tar_pipeline_client_first_reverse_direction(sockdir, tmp_path, procs):
     dst.mkdir()
     make_tree(src)
     receiver = subprocess.Popen(
-        ["sh", "-ec", 'vchan connect 0 7 </dev/null | tar x -C "$1"', "sh", str(dst)],
+        [
+            "bash",
+            "-o",
+            "pipefail",
+            "-ec",
+            'vchan connect 0 7 </dev/null | tar x -C "$1"',
+            "sh",
+            str(dst),
+        ],
         env=env_for(sockdir, 1),
         stderr=subprocess.PIPE,
     )
     procs.append(receiver)
     sender = subprocess.Popen(
-        ["sh", "-ec", 'tar c -C "$1" . | vchan listen 1 7', "sh", str(src)],
+        ["bash", "-o", "pipefail", "-ec", 'tar c -C "$1" . | vchan listen 1 7', "sh", str(src)],
         env=env_for(sockdir, 0),
         stderr=subprocess.PIPE,
     )
