@@ -385,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         keep = {k.strip() for k in args.cases.split(",")}
         cases = [c for c in CASES if c.key in keep]
     started = datetime.datetime.now().astimezone()
+    load_before = os.getloadavg()
     result: dict[str, Any] = {
         "started": started.isoformat(timespec="seconds"),
         "mode": "smoke" if args.smoke else "full",
@@ -447,6 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, s in result["scale"].items():
             if not s.get("skipped") and not s.get("ok"):
                 failures.append(f"scale {name}: {s.get('error', 'failed')}")
+    result["loadavg"] = {"before": load_before, "after": os.getloadavg()}
     result["targets"] = report.targets(result)
     result["failures"] = failures
     out = Path(args.out)
