@@ -361,7 +361,7 @@ def implementations(args: argparse.Namespace) -> list[Impl]:
     impls.append(Impl("pyasync", "Python asyncio", "pyasync", skip=have_asyncio(),
                       cases=("stream", "pingsel")))
     for i, path in enumerate(args.lib, 1):
-        p = Path(path).resolve()
+        p = Path(path).absolute()
         impls.append(Impl(f"lib{i}", p.name, "lib", str(p),
                           None if p.exists() else f"{path} does not exist"))
     if args.only:
