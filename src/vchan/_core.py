@@ -75,7 +75,10 @@ _live: weakref.WeakSet[Channel] = weakref.WeakSet()
 
 def _after_fork_in_child() -> None:
     for ch in list(_live):
-        ch._forked()
+        try:
+            ch._forked()
+        except Exception:  # noqa: BLE001 - every channel must still be marked inherited
+            ch._inherited = True
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -127,16 +130,17 @@ class Channel:
         _config.check_port(port)
         read_ring, write_ring = _config.server_rings(read_min, write_min)
         path = _config.socket_path(_config.local_domain(), domain, port)
-        _claim_path(path)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         try:
-            listener.bind(path)
-            try:
-                st = os.lstat(path)
-                listener.listen(0)
-            except BaseException:
-                os.unlink(path)
-                raise
+            with _linux.directory_lock(os.path.dirname(path) or "."):
+                _claim_path(path)
+                listener.bind(path)
+                try:
+                    st = os.lstat(path)
+                    listener.listen(0)
+                except BaseException:
+                    os.unlink(path)
+                    raise
         except BaseException:
             listener.close()
             raise
@@ -486,6 +490,7 @@ class Channel:
                 stash += buf[:n]
             elif n == 0:
                 raise self._gone()
+        final = False
         while True:
             eof = False
             want = min(size, self.read_ring) - len(stash)
@@ -500,14 +505,17 @@ class Channel:
                 if n > 0:
                     stash += memoryview(chunk)[:n]
                 eof = n == 0
-            elif size > self.read_ring:
-                eof = self._peer_gone()  # nothing to pull, so ask the socket directly
             if len(stash) >= size:
                 buf[:size] = stash[:size]
                 del stash[:size]
                 return size
-            if eof:
+            if eof or final:
                 raise self._gone()
+            if (not self._blocking or size > self.read_ring) and self._peer_gone():
+                # As in Xen, a gone peer is reported before "not now" (0); but only after
+                # one more pull, for bytes that arrived just before the peer left.
+                final = True
+                continue
             if not self._blocking:
                 return 0
             if size > self.read_ring:
@@ -944,7 +952,7 @@ def _claim_path(path: str) -> None:
     if not stat.S_ISSOCK(st.st_mode):
         kind = "symlink" if stat.S_ISLNK(st.st_mode) else "non-socket file"
         raise _oserror(errno.EEXIST, f"a {kind} is in the way at {path}; not touching it")
-    if _linux.listening_at(path):
+    if _linux.listening_at(path, or_binding=True):
         raise _oserror(errno.EADDRINUSE, f"a vchan server is already listening at {path}")
     os.unlink(path)
 

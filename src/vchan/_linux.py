@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -10,6 +11,8 @@ import os
 import select
 import socket
 import struct
+import time
+from collections.abc import Iterator
 
 SIOCOUTQ = 0x5411  # TIOCOUTQ: bytes of send-buffer memory in use (skb truesize)
 FIONREAD = 0x541B  # SIOCINQ: bytes queued for reading
@@ -106,11 +109,12 @@ def peer_uid(sock: socket.socket) -> int:
     return int(struct.unpack("3i", cred)[1])
 
 
-def listening_at(path: str) -> bool:
+def listening_at(path: str, or_binding: bool = False) -> bool:
     """Whether a listening Unix socket is bound at ``path`` (from /proc/net/unix).
 
     Used to tell a live server's socket file from a stale one without connecting to it:
-    a probe connection would take the live server's only client slot.
+    a probe connection would take the live server's only client slot. ``or_binding`` also
+    counts a socket bound there and not connected (a server between bind() and listen()).
     """
     try:
         with open("/proc/net/unix", "rb") as f:
@@ -121,7 +125,9 @@ def listening_at(path: str) -> bool:
     for line in lines:
         fields = line.split(None, 7)
         # Num RefCount Protocol Flags Type St Inode Path; Flags 00010000 = __SO_ACCEPTCON
-        if len(fields) == 8 and fields[7] == target and int(fields[3], 16) & 0x10000:
+        if len(fields) == 8 and fields[7] == target and (
+            int(fields[3], 16) & 0x10000 or (or_binding and fields[5] == b"01")
+        ):
             return True
     return False
 
@@ -130,3 +136,30 @@ def errno_of(exc: BaseException, default: int = errno.EIO) -> int:
     if isinstance(exc, OSError) and exc.errno is not None:
         return exc.errno
     return default
+
+
+@contextlib.contextmanager
+def directory_lock(directory: str) -> Iterator[None]:
+    """Serialise server set-up (check, unlink, bind, listen) in one socket directory.
+
+    An exclusive flock() on the directory, shared with the C library, so no two servers
+    take the same path. A child forked meanwhile may hold the lock until it execs or exits,
+    so wait at most 100 ms and then go on without it.
+    """
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        yield  # bind() reports a missing directory precisely
+        return
+    try:
+        for _ in range(100):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                time.sleep(0.001)
+            except OSError:
+                break
+        yield
+    finally:
+        os.close(fd)
