@@ -105,7 +105,10 @@ def _load_impl(name: str) -> Any:
         path = os.environ.get("VCHAN_TEST_LIB", "")
         if not path:
             pytest.skip("VCHAN_TEST_LIB is not set")
-        return _cffi.load(path)
+        # The same loader as the Pythonic API's backend= (paths, names, "xen", ...).
+        from vchan._backend import load_library
+
+        return load_library(path)
     raise pytest.UsageError(f"unknown implementation {name!r} in VCHAN_TEST_IMPLS")
 
 
