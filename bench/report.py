@@ -86,12 +86,11 @@ def table(result: dict[str, Any], cases: list[Case]) -> str:
                 f"median of {result['config']['reps']} repetition(s)")
     rows.append(f"machine: {m.get('cpu')}, {m.get('cpus')} CPUs, Linux {m.get('kernel')}, "
                 f"Python {m.get('python')}")
-    load = result.get("loadavg")
-    if load:
-        cpus = m.get("cpus") or 1
-        rows.append(f"load average: {load['before'][0]:.2f} before, {load['after'][0]:.2f} after")
-        # the benchmark itself adds about 1 to the one-minute average while it runs
-        if load["before"][0] > 0.75 * cpus or load["after"][0] > 0.75 * cpus + 1.5:
+    other = result.get("other_load_cpus")
+    if other is not None:
+        rows.append(f"other work on the machine meanwhile: {other:.2f} CPUs on average "
+                    f"(load average {result['loadavg']['before'][0]:.2f} before)")
+        if other > 0.25:
             rows.append("WARNING: other work was running on this machine; figures (and even "
                         "ratios) are unreliable")
     rows.append("each cell: value (ratio to the raw socket); throughput in GB/s (1e9 B/s)")

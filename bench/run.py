@@ -310,6 +310,26 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def _busy_cpu_s() -> float:
+    """Non-idle CPU seconds of the whole machine since boot (/proc/stat), 0 if unknown."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    busy = sum(fields[:8]) - idle  # user nice system idle iowait irq softirq steal
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def _our_cpu_s() -> float:
+    import resource
+
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def pinning(split: bool, cpu: int | None, no_pin: bool) -> Pinning:
     avail = sorted(os.sched_getaffinity(0))
     if no_pin:
@@ -386,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         cases = [c for c in CASES if c.key in keep]
     started = datetime.datetime.now().astimezone()
     load_before = os.getloadavg()
+    busy_before, ours_before, wall_before = _busy_cpu_s(), _our_cpu_s(), time.monotonic()
     result: dict[str, Any] = {
         "started": started.isoformat(timespec="seconds"),
         "mode": "smoke" if args.smoke else "full",
@@ -449,6 +470,10 @@ def main(argv: list[str] | None = None) -> int:
             if not s.get("skipped") and not s.get("ok"):
                 failures.append(f"scale {name}: {s.get('error', 'failed')}")
     result["loadavg"] = {"before": load_before, "after": os.getloadavg()}
+    # CPU time the rest of the machine used while we ran, in CPUs (from /proc/stat)
+    wall = time.monotonic() - wall_before
+    other = (_busy_cpu_s() - busy_before) - (_our_cpu_s() - ours_before)
+    result["other_load_cpus"] = max(0.0, other / wall) if wall > 0 else 0.0
     result["targets"] = report.targets(result)
     result["failures"] = failures
     out = Path(args.out)
