@@ -124,11 +124,10 @@ _pollers: dict[int, Any] = {}
 
 def _get(ch: Any, sel: bool) -> bytes:
     if sel:  # how event loops receive: poll the fd, wait(), data_ready(), recv()
-        fd = ch.fileno()
-        p = _pollers.get(fd)
-        if p is None:
-            p = _pollers[fd] = select.poll()
-            p.register(fd, select.POLLIN)
+        p = _pollers.get(id(ch))
+        if p is None:  # an event loop registers the select fd once
+            p = _pollers[id(ch)] = select.poll()
+            p.register(ch.fileno(), select.POLLIN)
         while True:
             p.poll()
             ch.wait()
