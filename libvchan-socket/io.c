@@ -304,10 +304,13 @@ VCHAN_API int libvchan_write(libvchan_t *c, const void *data, size_t size)
 		errno = EPIPE;
 		return -1;
 	}
-	if (blocking && st == VCHAN_CONNECTED && !c->ovf_len) {
+	if (blocking && st == VCHAN_CONNECTED && !c->ovf_len &&
+	    (c->u_est + vchan__tsz(n) <= c->w || !c->promised)) {
 		/*
-		 * Blocking, nothing queued: everything goes to the kernel. One send() if it
-		 * fits below W, else the waiting regime (no bounded partial send first).
+		 * Blocking, nothing queued, no promise to keep: everything goes to the kernel.
+		 * One send() if it fits below W, else the waiting regime (no bounded partial
+		 * send first). Bytes promised by buffer_space() take the path below, which
+		 * queues what the kernel will not take instead of waiting.
 		 */
 		taken = 0;
 		if (c->u_est + vchan__tsz(n) <= c->w || vchan__tsz(n) <= vchan__room_raw(c))
