@@ -200,12 +200,13 @@ def chart(result: dict[str, Any], cases: list[Case], path: Path) -> str:
     bars(axes[1], streams, "cpu_s_per_gib", "CPU per GiB, both processes", "CPU s / GiB",
          True, False)
     bars(axes[2], pings, "median_us", "64-byte round trip, median", "µs", False, False)
-    axes[0].legend(fontsize=8, loc="lower left")
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=len(names), fontsize=9)
     m = result["machine"]
     fig.suptitle(f"vchan bench {result['started']}: {m.get('cpu')}, {m.get('cpus')} CPUs, "
                  f"Linux {m.get('kernel')}; {result['pinning']}; labels: ratio to raw",
                  fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return f"chart: {path}"
