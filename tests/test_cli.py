@@ -125,13 +125,19 @@ def test_version_and_help_everywhere(sockdir):
     proc = run_cli(["--version"], env)
     assert proc.returncode == 0
     assert proc.stdout.decode().strip() == f"vchan {vchan.__version__}"
-    for cmd in ([], ["listen"], ["connect"], ["ls"], ["demo"]):
+    for cmd in ([], ["listen"], ["connect"], ["ls"], ["demo"], ["bench"]):
         proc = run_cli([*cmd, "--help"], env)
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.startswith(b"usage: vchan"), proc.stdout
     text = run_cli(["connect", "--help"], env).stdout.decode()
     assert "--send-only" in text and "--receive-only" in text and "--on-eof" in text
     assert "no half-close" in text
+
+
+def test_bench_subcommand_runs_the_checkout_benchmarks(sockdir):
+    proc = run_cli(["bench", "--", "--help"], env_for(sockdir))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(b"usage: python -m bench"), proc.stdout
 
 
 def test_console_script_is_installed(sockdir):

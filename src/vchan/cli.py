@@ -21,6 +21,7 @@ import textwrap
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import NoReturn
 
 from . import __version__, _config, _linux
@@ -256,6 +257,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--pings", type=_positive, default=2000, help="ping-pong round trips (default 2000)"
     )
     _add_backend(demo)
+
+    bench = sub.add_parser(
+        "bench",
+        help="run the benchmarks (needs a source checkout)",
+        description="Run bench/ from the source checkout this package was installed from: "
+        "raw socket vs the C library vs pure Python, with ratios. Arguments after "
+        "'bench' go to it (try 'vchan bench -- --help').",
+    )
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for bench")
     return parser
 
 
@@ -528,6 +538,16 @@ def _cmd_ls(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------- main
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "bench" / "__main__.py").is_file():
+        raise CliError("vchan bench runs from a source checkout (bench/ not found)")
+    extra = [a for a in args.bench_args if a != "--"]
+    return subprocess.call([sys.executable, "-m", "bench", *extra], cwd=root)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run
 
@@ -545,6 +565,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_copy(args)
         if args.command == "ls":
             return _cmd_ls(args)
+        if args.command == "bench":
+            return _cmd_bench(args)
         return _cmd_demo(args)
     except CliError as exc:
         _error(str(exc))
