@@ -108,6 +108,7 @@ class Channel:
         self._listener: socket.socket | None = None
         self._bound: tuple[int, int] | None = None
         self._inotify = -1
+        self._watch = -1
         self._timer = -1
         self._backoff = _BACKOFF_FIRST
         self._w = 0
@@ -158,15 +159,18 @@ class Channel:
         _config.check_port(port)
         path = _config.socket_path(domain, _config.local_domain(), port)
         directory = os.path.dirname(path) or "."
-        inotify = _linux.inotify_watch_dir(directory)  # fails at once if the directory is missing
         ch = cls(is_server=False, read_ring=_config.CLIENT_RING,
                  write_ring=_config.CLIENT_RING, path=path, allow_any_uid=allow_any_uid)
-        ch._inotify = inotify
         try:
-            ch._timer = _linux.timerfd_create()
-            ch._ep.register(inotify, select.EPOLLIN)
-            ch._ep.register(ch._timer, select.EPOLLIN)
             with ch._lock:
+                if ch._connect_step():  # the common case: the server is there
+                    return ch
+                # Watch the directory (this fails at once if it is missing), then try again:
+                # a server that appeared between the first attempt and the watch counts too.
+                ch._inotify, ch._watch = _linux.inotify_watch_dir(directory)
+                ch._timer = _linux.timerfd_create()
+                ch._ep.register(ch._inotify, select.EPOLLIN)
+                ch._ep.register(ch._timer, select.EPOLLIN)
                 ch._connect_step()
         except BaseException:
             ch.close()
@@ -196,8 +200,9 @@ class Channel:
             # A stale file, a server between bind() and listen(), or a full backlog:
             # none of these produce an inotify event, so retry on a back-off timer.
             sock.close()
-            _linux.timerfd_arm(self._timer, self._backoff)
-            self._backoff = min(self._backoff * 2, _BACKOFF_MAX)
+            if self._timer >= 0:
+                _linux.timerfd_arm(self._timer, self._backoff)
+                self._backoff = min(self._backoff * 2, _BACKOFF_MAX)
             return False
         except BaseException:
             sock.close()
@@ -205,10 +210,12 @@ class Channel:
         if not self._trusted(sock):
             sock.close()
             raise _oserror(errno.EACCES, "vchan server runs as an untrusted uid")
-        for fd in (self._inotify, self._timer):
-            self._ep.unregister(fd)
-            os.close(fd)
-        self._inotify = self._timer = -1
+        if self._timer >= 0:
+            self._ep.unregister(self._inotify)
+            _linux.inotify_unwatch(self._inotify, self._watch)  # closed with the channel
+            self._ep.unregister(self._timer)
+            os.close(self._timer)
+            self._timer = -1
         self._attach(sock)
         return True
 
