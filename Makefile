@@ -39,8 +39,12 @@ test-sanitize: $(VENV)/.installed
 install:
 	$(MAKE) -C libvchan-socket install
 
-bench: $(VENV)/.installed lib
-	$(VPY) -m bench
+$(VENV)/.bench: $(VENV)/.installed
+	$(VPY) -m pip install -q -e '.[test,bench]'
+	touch $@
+
+bench: $(VENV)/.bench lib
+	$(VPY) -m bench $(BENCH_ARGS)
 
 clean:
 	-$(MAKE) -C libvchan-socket clean
