@@ -288,7 +288,7 @@ void vchan__try_accept(struct libvchan *c, bool in_wait)
 	if (vchan__load(&c->state) != VCHAN_WAITING || vchan__load(&c->closed) ||
 	    c->listen_fd < 0 || c->listen_retired)
 		goto out;
-	if (!(vchan__poll1(c->listen_fd, POLLIN, 0) & POLLIN))
+	if (!(vchan__poll_now(c->listen_fd, POLLIN) & POLLIN))
 		goto out;
 	(void)shutdown(c->listen_fd, SHUT_RD);
 	do

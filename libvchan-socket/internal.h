@@ -110,6 +110,7 @@ bool vchan__env_allow_any_uid(void);
 bool vchan__peer_trusted(int fd, bool allow_any_uid);
 size_t vchan__setup_sndbuf(int fd, size_t write_ring);
 int vchan__poll1(int fd, short events, int timeout_ms);
+int vchan__poll_now(int fd, short events);
 ssize_t vchan__send(int fd, const void *buf, size_t len);
 ssize_t vchan__recv(int fd, void *buf, size_t len);
 ssize_t vchan__recv_flags(int fd, void *buf, size_t len, int flags);

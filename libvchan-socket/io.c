@@ -363,7 +363,7 @@ VCHAN_API int libvchan_send(libvchan_t *c, const void *data, size_t size)
 	} else if (st == VCHAN_WAITING) {
 		space = c->write_ring - c->ovf_len;
 	} else {
-		if (c->ovf_len && (vchan__poll1(c->sock, POLLRDHUP, 0) & POLL_GONE)) {
+		if (c->ovf_len && (vchan__poll_now(c->sock, POLLRDHUP) & POLL_GONE)) {
 			vchan__set_disconnected(c);
 			errno = EPIPE;
 			goto unlock;
@@ -703,7 +703,7 @@ slow:
 	for (;;) {
 		/* the peer-gone check comes before the final check for data */
 		gone = vchan__load(&c->state) == VCHAN_DISCONNECTED ||
-		       (vchan__poll1(c->sock, POLLRDHUP, 0) & POLL_GONE);
+		       (vchan__poll_now(c->sock, POLLRDHUP) & POLL_GONE);
 		q = vchan__ioctl_int(c->sock, FIONREAD);
 		if (q < 0)
 			q = 0;

@@ -134,7 +134,7 @@ VCHAN_API int libvchan_is_open(libvchan_t *c)
 		return VCHAN_DISCONNECTED;
 	st = vchan__settle(c);
 	if (st == VCHAN_CONNECTED &&
-	    (vchan__poll1(c->sock, POLLRDHUP, 0) & (POLLRDHUP | POLLHUP | POLLERR)))
+	    (vchan__poll_now(c->sock, POLLRDHUP) & (POLLRDHUP | POLLHUP | POLLERR)))
 		vchan__set_disconnected(c);
 	st = vchan__load(&c->state);
 	vchan__leave(c);

@@ -134,6 +134,14 @@ int vchan__poll1(int fd, short events, int timeout_ms)
 	return r ? p.revents : 0;
 }
 
+/* The events of one fd right now (poll with timeout 0); 0 on error. */
+int vchan__poll_now(int fd, short events)
+{
+	int r = vchan__poll1(fd, events, 0);
+
+	return r > 0 ? r : 0;
+}
+
 ssize_t vchan__send(int fd, const void *buf, size_t len)
 {
 	ssize_t r;
