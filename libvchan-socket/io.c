@@ -588,7 +588,7 @@ static int vchan__deliver(struct libvchan *c, char *out, size_t n)
 	return (int)n;
 }
 
-/* Move every queued byte into the stash (rlock held; fewer than read_ring are queued). */
+/* Move queued bytes into the stash, as many as it holds (rlock held). */
 static int vchan__fill_stash(struct libvchan *c, size_t queued)
 {
 	ssize_t r;
@@ -722,16 +722,23 @@ slow:
 			ret = -1;
 			break;
 		}
+		/*
+		 * Not enough yet. Move what is queued to the stash (up to the read ring), also
+		 * when returning 0: every write costs its writer hundreds of bytes of send
+		 * buffer, so a writer of small chunks can be blocked long before `size` bytes
+		 * are queued, and only draining the queue lets it go on (else both ends wait
+		 * for each other).
+		 */
+		if (vchan__fill_stash(c, (size_t)q) < 0) {
+			ret = -1;
+			break;
+		}
 		if (!vchan__load(&c->blocking)) {
 			ret = 0;
 			break;
 		}
 		if (size > c->read_ring) {
 			errno = EMSGSIZE;
-			ret = -1;
-			break;
-		}
-		if (vchan__fill_stash(c, (size_t)q) < 0) {
 			ret = -1;
 			break;
 		}
