@@ -261,13 +261,19 @@ static int vchan__write_waiting(struct libvchan *c, const char *p, size_t n)
 /* Prologue of the data calls: 0 connected (or disconnected), 1 return 0 now, -1 error. */
 static int vchan__ready_for_data(struct libvchan *c)
 {
-	while (vchan__settle(c) == VCHAN_WAITING) {
+	int st;
+
+	while ((st = vchan__settle(c)) == VCHAN_WAITING) {
 		if (c->is_server)
 			return 2; /* a waiting server buffers writes; reads have nothing */
 		if (!vchan__load(&c->blocking))
 			return 1;
 		if (vchan__wait_connected(c) < 0)
 			return -1;
+	}
+	if (st == VCHAN_DISCONNECTED && c->sock < 0) {
+		errno = EPIPE; /* never connected (failed async init): nothing to read or write */
+		return -1;
 	}
 	return 0;
 }
