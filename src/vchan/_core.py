@@ -412,7 +412,8 @@ class Channel:
             del self._stash[:n]
             return n
         sock = self._sock
-        assert sock is not None
+        if sock is None:
+            raise self._gone()  # a client whose connection attempt failed
         if self._blocking:
             lock = self._lock  # _enter() and _leave(), inlined
             with lock:
@@ -458,7 +459,8 @@ class Channel:
                     return 0
                 self._wait_connected()
         sock = self._sock
-        assert sock is not None
+        if sock is None:
+            raise self._gone()  # a client whose connection attempt failed
         stash = self._stash
         if not stash and size <= self.read_ring:
             if self._blocking:
@@ -544,7 +546,8 @@ class Channel:
         if self._state == WAITING and self._settle() == WAITING:
             return 0
         sock = self._sock
-        assert sock is not None
+        if sock is None:
+            return 0
         queued = len(self._stash)
         try:
             queued += _unpack_int(_ioctl(sock.fileno(), _FIONREAD, _ZERO_INT))[0]
