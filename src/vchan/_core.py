@@ -51,7 +51,7 @@ _unpack_int = struct.Struct("i").unpack
 _ZERO_INT = b"\0\0\0\0"
 _BACKOFF_FIRST = 0.001
 _BACKOFF_MAX = 0.1
-_FREE_CHUNK = 4096
+_FREE_CHUNK = 65536
 _UNKNOWN_U = 1 << 62
 
 
@@ -722,7 +722,7 @@ class Channel:
         while overflow:
             view = memoryview(overflow)
             try:
-                k = self._push(view) if bounded else self._send(view[:_FREE_CHUNK * 16])
+                k = self._push(view) if bounded else self._send(view[:_FREE_CHUNK])
             finally:
                 view.release()
             if k == 0:
@@ -780,6 +780,10 @@ class Channel:
             self._pusher.start()
 
     def _pusher_main(self) -> None:
+        # Waiting for POLLOUT would spin: right after a bounded push the socket is writable
+        # (U <= W) yet fit(W - U) is 0. A private edge-triggered epoll wakes only when the
+        # peer really consumed something (or hung up).
+        pep: select.epoll | None = None
         try:
             while True:
                 with self._lock:
@@ -796,26 +800,23 @@ class Channel:
                         if not self._closed:
                             self._try_accept()
                     continue
-                revents = self._plain_poll(sock.fileno(), select.POLLOUT)
+                if pep is None:
+                    pep = select.epoll()
+                    # Reports at once if writable now, else at the next consumption.
+                    pep.register(sock.fileno(), select.EPOLLOUT | select.EPOLLET)
+                events = pep.poll()
+                revents = events[0][1] if events else 0
                 with self._lock:
-                    if revents & (select.POLLHUP | select.POLLERR):
+                    if revents & (select.EPOLLHUP | select.EPOLLERR):
                         self._gone()
                         return
                     try:
-                        before = len(self._overflow)
                         self._flush_overflow(bounded=True)
-                        if len(self._overflow) == before and revents & select.POLLOUT:
-                            # Writable, yet below the bound's margin: a small step avoids a
-                            # busy loop; poll() then sleeps until the peer frees space.
-                            view = memoryview(self._overflow)
-                            try:
-                                k = self._send(view[:_FREE_CHUNK])
-                            finally:
-                                view.release()
-                            del self._overflow[:k]
                     except OSError:
                         return
         finally:
+            if pep is not None:
+                pep.close()
             with self._lock:
                 self._pusher = None
                 self._busy -= 1
