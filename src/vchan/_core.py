@@ -286,19 +286,54 @@ class Channel:
         listener = self._listener
         if listener is None:
             return self._sock is not None
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return False
-            except OSError:
-                return False
-            if self._trusted(conn):
-                break
-            conn.close()  # another uid: refuse it and keep waiting for ours
-        self._stop_listening()
-        self._attach(conn)
-        return True
+        p = select.poll()
+        p.register(listener.fileno(), select.POLLIN)
+        if not p.poll(0):
+            return False
+        # Shut the listener before accepting, so no second client can enter the backlog
+        # between this accept and the close: it gets ECONNREFUSED and waits for a new
+        # server. (listen(fd, 0): the pending connection fills the backlog, so nobody slips
+        # in between poll and shutdown either; accept still dequeues it.)
+        try:
+            listener.shutdown(socket.SHUT_RD)
+            conn: socket.socket | None = listener.accept()[0]
+        except OSError:
+            conn = None  # it vanished
+        if conn is not None and self._trusted(conn):
+            self._stop_listening()
+            self._attach(conn)
+            return True
+        # Refused (another uid) or gone: advertise again before the refused peer sees EOF.
+        self._relisten(listener)
+        if conn is not None:
+            conn.close()
+        return False
+
+    def _relisten(self, listener: socket.socket) -> None:
+        """Listen again at our path under the same descriptor number (lock held)."""
+        fd = listener.fileno()
+        try:
+            self._ep.unregister(fd)
+        except (OSError, ValueError):
+            pass
+        try:
+            with _linux.directory_lock(os.path.dirname(self.path) or "."):
+                self._unlink_if_ours()
+                _claim_path(self.path)
+                fresh = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+                try:
+                    fresh.bind(self.path)
+                    st = os.lstat(self.path)
+                    fresh.listen(0)
+                    os.dup2(fresh.fileno(), fd, inheritable=False)
+                finally:
+                    fresh.close()
+            self._bound = (st.st_dev, st.st_ino)
+            self._ep.register(fd, select.EPOLLIN)
+        except OSError:
+            # The path was taken meanwhile: this server can never be reached.
+            self._stop_listening()
+            self._state = DISCONNECTED
 
     def _stop_listening(self) -> None:
         """Stop advertising (lock held): the first client is the only one (SPEC §2)."""
