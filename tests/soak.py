@@ -98,11 +98,17 @@ def server_rings(rmin: int, wmin: int) -> tuple[int, int]:
 
 
 def write_stream(api: Any, h: Any, seed: int, start: int, total: int, ring: int,
-                 rng: random.Random) -> None:
-    """Write stream ``seed`` bytes [start, total) with random calls and modes."""
-    blocking = rng.random() < 0.5
+                 rng: random.Random, shared: bool | None = None) -> None:
+    """Write stream ``seed`` bytes [start, total) with random calls and modes.
+
+    ``shared``: the handle is shared with a reader thread, so the mode was set for both
+    (True: blocking) and, non-blocking, we sleep instead of wait() (the two threads would
+    take each other's events).
+    """
+    blocking = rng.random() < 0.5 if shared is None else shared
     use_send = rng.random() < 0.3
-    api.libvchan_set_blocking(h, blocking)
+    if shared is None:
+        api.libvchan_set_blocking(h, blocking)
     sent = start
     end = time.monotonic() + DEADLINE
     while sent < total:
@@ -116,7 +122,9 @@ def write_stream(api: Any, h: Any, seed: int, start: int, total: int, ring: int,
         if k == 0:
             if blocking:
                 raise Failure("writer: a blocking call returned 0")
-            if api.libvchan_wait(h) < 0:
+            if shared is not None:
+                time.sleep(0.0002)
+            elif api.libvchan_wait(h) < 0:
                 raise Failure(f"writer: wait failed (errno {api.last_errno()})")
         sent += k
         if time.monotonic() > end:
@@ -124,11 +132,12 @@ def write_stream(api: Any, h: Any, seed: int, start: int, total: int, ring: int,
 
 
 def read_stream(api: Any, h: Any, seed: int, total: int, ring: int, rng: random.Random,
-                to_eof: bool) -> int:
+                to_eof: bool, shared: bool | None = None) -> int:
     """Read stream ``seed``: ``total`` bytes, then (``to_eof``) the end of the stream."""
-    blocking = rng.random() < 0.5
+    blocking = rng.random() < 0.5 if shared is None else shared
     use_recv = rng.random() < 0.3
-    api.libvchan_set_blocking(h, blocking)
+    if shared is None:
+        api.libvchan_set_blocking(h, blocking)
     check = _stream.Checker(seed)
     buf = bytearray(max(ring, CLIENT_RING))
     end = time.monotonic() + DEADLINE
@@ -150,6 +159,8 @@ def read_stream(api: Any, h: Any, seed: int, total: int, ring: int, rng: random.
                 raise Failure(f"CORRUPT: wrong byte at offset {check.bad}")
         elif blocking:
             raise Failure("reader: a blocking call returned 0")
+        elif shared is not None:
+            time.sleep(0.0002)
         elif api.libvchan_wait(h) < 0:
             raise Failure(f"reader: wait failed (errno {api.last_errno()})")
         if time.monotonic() > end:
@@ -174,7 +185,8 @@ def run_threads(*targets: tuple) -> None:
     for t in ts:
         t.join(DEADLINE + 10)
         if t.is_alive():
-            raise Failure("HANG: a thread did not finish")
+            first = f" (after: {type(errors[0]).__name__}: {errors[0]})" if errors else ""
+            raise Failure(f"HANG: a thread did not finish{first}")
     if errors:
         raise errors[0]
 
@@ -222,12 +234,16 @@ def scenario_duplex(impl: str, rng: random.Random, port: int) -> int:
     t_sc, t_cs = rng.choice(TOTALS), rng.choice(TOTALS)
     srv, cli, (srd, swr), early = _pair(api, rng, port, t_sc)
     rngs = [random.Random(rng.random()) for _ in range(4)]
+    # two threads per handle: one mode per handle, chosen here
+    mode = [rng.random() < 0.5, rng.random() < 0.5]
+    api.libvchan_set_blocking(srv, mode[0])
+    api.libvchan_set_blocking(cli, mode[1])
     try:
         run_threads(
-            (write_stream, api, srv, 0, early, t_sc, swr, rngs[0]),
-            (read_stream, api, cli, 0, t_sc, CLIENT_RING, rngs[1], False),
-            (write_stream, api, cli, 1, 0, t_cs, CLIENT_RING, rngs[2]),
-            (read_stream, api, srv, 1, t_cs, srd, rngs[3], False),
+            (write_stream, api, srv, 0, early, t_sc, swr, rngs[0], mode[0]),
+            (read_stream, api, cli, 0, t_sc, CLIENT_RING, rngs[1], False, mode[1]),
+            (write_stream, api, cli, 1, 0, t_cs, CLIENT_RING, rngs[2], mode[1]),
+            (read_stream, api, srv, 1, t_cs, srd, rngs[3], False, mode[0]),
         )
     finally:
         api.libvchan_close(srv)
@@ -305,13 +321,16 @@ def scenario_cross(impl: str, rng: random.Random, port: int, impls: list[str],
         run_threads((read_stream, api, h, seed, total, 65536, random.Random(rng.random()),
                      False))
         peer.expect("DONE", DEADLINE)
+        api.libvchan_close(h)
+        h = None
+        code = peer.stop()
+        if code != 0:
+            raise Failure(f"peer exited {code}: {peer.stderr()}")
         return total
     finally:
         if h is not None:
             api.libvchan_close(h)
         if peer is not None:
-            if peer.proc.poll() is None:
-                peer.stop()
             peer.cleanup()
 
 

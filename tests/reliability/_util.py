@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -43,7 +43,29 @@ class Peer:
         self._fd = self.proc.stdout.fileno()
         self._buf = b""
         self.lines: list[str] = []
+        self._cursor = 0  # lines before this one were seen by expect()
         self.last: dict[str, int] = {}
+        # A thread drains the child's stdout all the time: a child that reports faster
+        # than the test reads must never block on a full pipe (and look like a hang).
+        self._cond = threading.Condition()
+        self._eof = False
+        self._reader = threading.Thread(target=self._drain_stdout, daemon=True)
+        self._reader.start()
+
+    def _drain_stdout(self) -> None:
+        while True:
+            try:
+                data = os.read(self._fd, 65536)
+            except OSError:
+                data = b""
+            with self._cond:
+                if data:
+                    self._absorb(data)
+                else:
+                    self._eof = True
+                self._cond.notify_all()
+            if not data:
+                return
 
     @property
     def pid(self) -> int:
@@ -60,27 +82,29 @@ class Peer:
                 self.last[word] = int(rest.split(" ", 1)[0])
 
     def pump(self, timeout: float = 0.0) -> bool:
-        """Read what the child printed (waiting up to ``timeout``); False at its EOF."""
-        r, _, _ = select.select([self._fd], [], [], timeout)
-        if not r:
-            return True
-        data = os.read(self._fd, 65536)
-        if not data:
-            return False
-        self._absorb(data)
-        return True
+        """Wait up to ``timeout`` for the child to print more; False at its EOF."""
+        with self._cond:
+            if self._eof:
+                return False
+            n = len(self.lines)
+            self._cond.wait_for(lambda: self._eof or len(self.lines) > n, timeout)
+            return not (self._eof and len(self.lines) == n)
 
     def expect(self, word: str, timeout: float = TIMEOUT) -> str:
-        """Wait for a line starting with ``word``; fail on ERR, EOF or timeout."""
-        seen = len(self.lines)
+        """Wait for a line starting with ``word`` not seen by a previous expect().
+
+        Fails on an ERR or BAD line, the child's end, or the timeout.
+        """
         end = deadline(timeout)
         while True:
-            for line in self.lines[seen:]:
+            lines = self.lines[self._cursor:]
+            for i, line in enumerate(lines):
                 if line.split(" ", 1)[0] == word:
+                    self._cursor += i + 1
                     return line
                 if line.startswith(("ERR", "BAD")):
                     raise AssertionError(f"peer said {line!r}; stderr: {self.stderr()}")
-            seen = len(self.lines)
+            self._cursor += len(lines)
             left = end - time.monotonic()
             if left <= 0:
                 raise AssertionError(
@@ -113,9 +137,8 @@ class Peer:
             assert time.monotonic() < end, "peer never stalled"
 
     def drain(self) -> None:
-        """Read everything the (dead) child printed."""
-        while self.pump(TIMEOUT):
-            pass
+        """Wait until everything the (dead) child printed has been read."""
+        self._reader.join(TIMEOUT)
 
     def stderr(self) -> str:
         if self.proc.poll() is None or self.proc.stderr is None:
@@ -147,6 +170,7 @@ class Peer:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(TIMEOUT)
+        self._reader.join(TIMEOUT)
         for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             if f is not None:
                 try:

@@ -57,3 +57,27 @@ def test_recv_of_whole_ring_completes_with_small_writes(api, sockdir, mode, chun
         assert check.feed(buf[:n]), f"wrong byte at {check.bad}"
         assert time.monotonic() < end
     assert wr.result() == total
+
+
+@pytest.mark.parametrize("chunk", [1, 100, 4096])
+def test_nonblocking_read_and_wait_keep_up_with_small_blocking_writes(api, sockdir, chunk):
+    """The soak's hang (seed 2, round 26): read() + wait() against 100-byte writes."""
+    srv, cli = connected_pair(api, read_min=RING, write_min=RING)
+    total = 300_000 if chunk > 1 else 30_000
+    wr = run_bg(_small_writer, api, cli, chunk, total)
+    check = _stream.Checker(1)
+    buf = bytearray(RING)
+    api.libvchan_set_blocking(srv, False)
+    rng = __import__("random").Random(chunk)
+    while check.count < total:
+        n = api.libvchan_read(srv, buf, rng.choice([1, 100, 4096, RING]))
+        assert n >= 0
+        if n == 0:
+            ret = run_bg(api.libvchan_wait, srv)
+            ret.thread.join(5)
+            assert not ret.thread.is_alive(), (
+                f"missed event: wait() blocks with {api.libvchan_data_ready(srv)} bytes "
+                f"ready after {check.count}")
+            continue
+        assert check.feed(buf[:n]), f"wrong byte at {check.bad}"
+    assert wr.result() == total
