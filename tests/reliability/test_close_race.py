@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.conftest import connected_pair, run_bg, settle, wait_until
+from tests.conftest import bounded, connected_pair, run_bg, settle, wait_until
 
 PROMPT = 0.5
 RING = 4096
@@ -134,3 +134,31 @@ def test_close_race_repeated(api, sockdir):
         ret, _ = bg.result(PROMPT + 1)
         assert ret == -1
         api.close_all()  # the peer of a connected pair
+
+
+@pytest.mark.parametrize("size", [1, 2048])
+def test_close_right_after_client_connected_delivers_early_writes(api, sockdir, size):
+    """Found by the soak (seed 3): a WAITING server buffers a write, a client connects
+    (client_init returns: for it the channel is CONNECTED) and the server closes before
+    any other call. The client keeps reading: the bytes accepted before close() must reach
+    it (SPEC §2), not an end of stream with nothing."""
+    data = bytes(range(256)) * (size // 256) or b"x"
+    lost = 0
+    for i in range(20):
+        srv = api.libvchan_server_init(0, 10 + i, 0, 0)
+        assert api.libvchan_send(srv, data, len(data)) == len(data)
+        cli = bounded(api.libvchan_client_init, 0, 10 + i)
+        assert cli is not None
+        api.libvchan_close(srv)
+        got = bytearray()
+        buf = bytearray(4096)
+        end = time.monotonic() + 5
+        while True:
+            n = api.libvchan_read(cli, buf, len(buf))
+            if n < 0:
+                break
+            got += buf[:n]
+            assert time.monotonic() < end
+        api.libvchan_close(cli)
+        lost += bytes(got) != data
+    assert lost == 0, f"{lost} of 20 clients got an end of stream instead of the bytes"
