@@ -191,6 +191,11 @@ def threads() -> int:
     return len(os.listdir("/proc/self/task"))
 
 
+def under_asan() -> bool:
+    """Whether AddressSanitizer is preloaded: its quarantine makes RSS meaningless."""
+    return "libasan" in os.environ.get("LD_PRELOAD", "")
+
+
 def rss_kib() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)

@@ -29,7 +29,7 @@ from tests.conftest import (
     wait_until,
 )
 from tests.reliability import _stream
-from tests.reliability._util import read_stream, rss_kib
+from tests.reliability._util import read_stream, rss_kib, under_asan
 
 PROMPT = 0.5
 RING = 65536
@@ -302,7 +302,8 @@ def test_peer_floods_without_pause(api, sockdir, spawn, our_role):
         else:
             time.sleep(0.0001)
         assert time.monotonic() < end, f"stuck at {check.count}"
-    assert rss_kib() - rss0 < 16384, "memory grew under a flood"
+    if not under_asan():  # ASan's quarantine keeps freed memory
+        assert rss_kib() - rss0 < 16384, "memory grew under a flood"
     peer.expect("DONE")
 
 

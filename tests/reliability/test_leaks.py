@@ -19,7 +19,7 @@ import os
 import time
 
 from tests.conftest import VCHAN_CONNECTED, run_bg, wait_until
-from tests.reliability._util import fds, rss_kib, threads
+from tests.reliability._util import fds, rss_kib, threads, under_asan
 
 CYCLES = int(os.environ.get("VCHAN_TEST_LEAK_CYCLES", "10000"))
 WORKERS = 100
@@ -72,7 +72,8 @@ def test_open_close_cycles_leak_nothing(api, sockdir):
     assert fds() <= fds0, f"leaked fds: {sorted(fds() - fds0)}"
     assert os.listdir(sockdir) == [], f"socket files left: {os.listdir(sockdir)}"
     grown = rss_kib() - rss0
-    assert grown < RSS_SLACK_KIB, f"RSS grew by {grown} KiB over {CYCLES} cycles"
+    if not under_asan():  # (ASan's quarantine keeps freed memory; LSan checks leaks there)
+        assert grown < RSS_SLACK_KIB, f"RSS grew by {grown} KiB over {CYCLES} cycles"
     print(f"{api.name}: {CYCLES} cycles in {elapsed:.2f} s, RSS {grown:+d} KiB")
 
 
@@ -100,4 +101,5 @@ def test_waiting_servers_and_connecting_clients_leak_nothing(api, sockdir):
     assert fds() <= fds0, f"leaked fds: {sorted(fds() - fds0)}"
     assert os.listdir(sockdir) == []
     grown = rss_kib() - rss0
-    assert grown < RSS_SLACK_KIB, f"RSS grew by {grown} KiB"
+    if not under_asan():
+        assert grown < RSS_SLACK_KIB, f"RSS grew by {grown} KiB"
