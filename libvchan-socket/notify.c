@@ -162,6 +162,11 @@ VCHAN_API void libvchan_close(libvchan_t *c)
 		errno = saved;
 		return;
 	}
+	/*
+	 * A client already in a waiting server's backlog has connected, as far as it knows:
+	 * take it, so that the bytes written before close() reach it like on any channel.
+	 */
+	vchan__settle(c);
 	if (__atomic_exchange_n(&c->closed, 1, __ATOMIC_ACQ_REL)) {
 		errno = saved;
 		return; /* double close: the caller's bug, but do no harm */

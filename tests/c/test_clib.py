@@ -414,3 +414,30 @@ def test_close_race_under_asan(asan_clib, bindir, sockdir):
         UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1",
     )
     assert "ok" in run([exe, "30"], env=env, timeout=12 * TIMEOUT)
+
+
+# ------------------------------------------------------- found by the soak (tests/soak.py)
+
+
+def test_close_of_waiting_server_delivers_to_client_in_backlog(clib, sockdir):
+    """Bytes sent on a WAITING server reach a client that connected (it sits in the backlog,
+    not yet accepted) even when the server closes before any other call (soak seed 21)."""
+    from vchan import _cffi
+
+    lib = _cffi.load(str(clib / "libvchan-socket.so"))
+    for i in range(200):
+        srv = lib.libvchan_server_init(0, 1, 0, 0)
+        assert srv is not None
+        assert lib.libvchan_send(srv, b"e%d" % i, len(b"e%d" % i)) == len(b"e%d" % i)
+        cli = lib.libvchan_client_init(0, 1)
+        assert cli is not None
+        lib.libvchan_close(srv)  # the client was never accepted by a call
+        buf = bytearray(16)
+        got = b""
+        while True:
+            n = lib.libvchan_read(cli, buf, 16)
+            if n < 0:
+                break
+            got += bytes(buf[:n])
+        lib.libvchan_close(cli)
+        assert got == b"e%d" % i
