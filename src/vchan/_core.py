@@ -937,6 +937,10 @@ class Channel:
                 self._busy = 0
                 self._release_fds()
                 return
+            if self._state == WAITING and self.is_server and self._overflow:
+                # A client already in the backlog is connected as far as it knows: take it,
+                # so the early bytes reach it (below) rather than vanish with the listener.
+                self._try_accept()
             # Wake any thread blocked on our sockets; they see _closed and return EBADF.
             for s in (self._sock, self._listener):
                 if s is not None:
