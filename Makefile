@@ -5,7 +5,7 @@ VPY := $(VENV)/bin/python
 PREFIX ?= /usr/local
 export PREFIX
 
-.PHONY: all lib demo test lint typecheck pytest test-sanitize install bench clean
+.PHONY: all lib demo test lint typecheck pytest test-sanitize install bench soak clean
 
 all: lib
 
@@ -45,6 +45,11 @@ $(VENV)/.bench: $(VENV)/.installed
 
 bench: $(VENV)/.bench lib
 	$(VPY) -m bench $(BENCH_ARGS)
+
+# Random verified transfers for as long as asked (not in CI): make soak SOAK_SECONDS=3600
+SOAK_SECONDS ?= 600
+soak: $(VENV)/.installed lib
+	$(VPY) tests/soak.py --seconds $(SOAK_SECONDS)
 
 clean:
 	-$(MAKE) -C libvchan-socket clean
