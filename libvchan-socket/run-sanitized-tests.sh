@@ -1,5 +1,6 @@
 #!/bin/sh
-# Run the shared conformance suite against the ASan+UBSan build of libvchan-socket.
+# Run the shared conformance and reliability suites against the ASan+UBSan build of
+# libvchan-socket.
 #
 #   libvchan-socket/run-sanitized-tests.sh [pytest args...]
 #
@@ -21,4 +22,4 @@ LD_PRELOAD="$($CC -print-file-name=libasan.so) $($CC -print-file-name=libubsan.s
 ASAN_OPTIONS=detect_leaks=0:abort_on_error=1
 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 export VCHAN_TEST_LIB VCHAN_TEST_IMPLS LD_PRELOAD ASAN_OPTIONS UBSAN_OPTIONS
-exec "$PYTHON" -m pytest tests/conformance "$@"
+exec "$PYTHON" -m pytest tests/conformance tests/reliability "$@"
