@@ -615,6 +615,17 @@ class Channel:
         room = min(self.write_ring, fit(self._w - self._u_est))
         return max(0, room - len(self._overflow))
 
+    def _ready_to_write(self) -> bool:
+        """Lock held: EBADF if closed, EPIPE if the peer is gone (checked first, as Xen's
+        send does); a WAITING server takes its client if one is there. False only while a
+        client's own connection is still being made."""
+        self._check_open()
+        if self._state == DISCONNECTED:
+            raise _oserror(errno.EPIPE, "vchan peer disconnected")
+        if self._state == WAITING and not self._pending():
+            self._try_accept()
+        return not self._pending()
+
     def write(self, data: memoryview, size: int) -> int:
         if size == 0:
             self._check_open()
@@ -624,12 +635,7 @@ class Channel:
             return size
         while True:
             with self._lock:
-                self._check_open()
-                if self._state == DISCONNECTED:
-                    raise _oserror(errno.EPIPE, "vchan peer disconnected")
-                if self._state == WAITING and not self._pending():
-                    self._try_accept()
-                if not self._pending():
+                if self._ready_to_write():
                     taken = self._take(data, self._promised)
                     self._promised = max(0, self._promised - taken)
                     break
@@ -651,12 +657,7 @@ class Channel:
             return size
         while True:
             with self._lock:
-                self._check_open()
-                if self._state == DISCONNECTED:
-                    raise _oserror(errno.EPIPE, "vchan peer disconnected")
-                if self._state == WAITING and not self._pending():
-                    self._try_accept()
-                if not self._pending():
+                if self._ready_to_write():
                     break
             if not self._blocking:
                 return 0
