@@ -58,8 +58,12 @@ static void *vchan__pusher_main(void *arg)
 	for (;;) {
 		st = vchan__load(&c->state);
 		if (st == VCHAN_WAITING) {
-			/* a server that is closed while waiting has no peer to deliver to */
-			if (vchan__load(&c->closed) || vchan__wait_listener(c) < 0)
+			/*
+			 * A server that is closed while waiting has no peer to deliver to, unless
+			 * close() itself just took a client from the backlog: then deliver.
+			 */
+			if ((vchan__load(&c->closed) || vchan__wait_listener(c) < 0) &&
+			    vchan__load(&c->state) != VCHAN_CONNECTED)
 				break;
 			continue;
 		}
