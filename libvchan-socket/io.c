@@ -278,13 +278,14 @@ static int vchan__ready_for_data(struct libvchan *c)
 	return 0;
 }
 
-VCHAN_API int libvchan_write(libvchan_t *c, const void *data, size_t size)
+/*
+ * Prologue of write and send: size checks, a reference on the handle (the caller drops it
+ * with vchan__leave), the channel ready for data (a WAITING server buffers). Returns 1 to
+ * go on, else the call's result (0 or -1 with errno), with no reference held.
+ */
+static int vchan__write_prologue(struct libvchan *c, size_t size)
 {
-	const char *p = data;
-	ssize_t taken;
-	bool blocking;
-	size_t n = size;
-	int r, st;
+	int r;
 
 	if (size == 0)
 		return 0;
@@ -299,6 +300,20 @@ VCHAN_API int libvchan_write(libvchan_t *c, const void *data, size_t size)
 		vchan__leave(c);
 		return r < 0 ? -1 : 0;
 	}
+	return 1;
+}
+
+VCHAN_API int libvchan_write(libvchan_t *c, const void *data, size_t size)
+{
+	const char *p = data;
+	ssize_t taken;
+	bool blocking;
+	size_t n = size;
+	int r, st;
+
+	r = vchan__write_prologue(c, size);
+	if (r != 1)
+		return r;
 	blocking = vchan__load(&c->blocking);
 	if (!blocking)
 		n = vchan__min(n, c->write_ring);
@@ -344,19 +359,9 @@ VCHAN_API int libvchan_send(libvchan_t *c, const void *data, size_t size)
 	size_t space;
 	int r, st;
 
-	if (size == 0)
-		return 0;
-	if (size > INT_MAX) {
-		errno = EINVAL;
-		return -1;
-	}
-	if (vchan__enter(c))
-		return -1;
-	r = vchan__ready_for_data(c);
-	if (r == 1 || r < 0) {
-		vchan__leave(c);
-		return r < 0 ? -1 : 0;
-	}
+	r = vchan__write_prologue(c, size);
+	if (r != 1)
+		return r;
 	vchan__lock(&c->wlock);
 	st = vchan__load(&c->state);
 	if (st == VCHAN_DISCONNECTED) {
