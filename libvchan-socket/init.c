@@ -22,7 +22,6 @@
 
 #include "internal.h"
 
-#define EPOLL_SOCK_EVENTS (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET)
 #define INOTIFY_MASK (IN_CREATE | IN_MOVED_TO | IN_DELETE | IN_MOVED_FROM | IN_ATTRIB)
 
 static struct libvchan *vchan__alloc(void)
@@ -42,6 +41,7 @@ static struct libvchan *vchan__alloc(void)
 	pthread_mutex_init(&c->slock, NULL);
 	pthread_mutex_init(&c->wlock, NULL);
 	pthread_mutex_init(&c->rlock, NULL);
+	pthread_mutex_init(&c->nlock, NULL);
 	c->epfd = epoll_create1(EPOLL_CLOEXEC);
 	if (c->epfd < 0) {
 		int saved = errno;
@@ -49,6 +49,7 @@ static struct libvchan *vchan__alloc(void)
 		pthread_mutex_destroy(&c->slock);
 		pthread_mutex_destroy(&c->wlock);
 		pthread_mutex_destroy(&c->rlock);
+		pthread_mutex_destroy(&c->nlock);
 		free(c);
 		errno = saved;
 		return NULL;
@@ -280,6 +281,7 @@ static void vchan__relisten(struct libvchan *c)
  */
 void vchan__try_accept(struct libvchan *c, bool in_wait)
 {
+	bool out, latch = false;
 	int fd;
 
 	if (!c->is_server)
@@ -290,6 +292,12 @@ void vchan__try_accept(struct libvchan *c, bool in_wait)
 		goto out;
 	if (!(vchan__poll_now(c->listen_fd, POLLIN) & POLLIN))
 		goto out;
+	/*
+	 * From here the listener's event is consumed. Outside wait() it must stay visible
+	 * until wait() (SPEC section 5): a connected client by the fresh registration, a
+	 * refused or vanished one by `latched` alone.
+	 */
+	latch = !in_wait;
 	(void)shutdown(c->listen_fd, SHUT_RD);
 	do
 		fd = accept4(c->listen_fd, NULL, NULL, SOCK_CLOEXEC); /* blocking, see io.c */
@@ -314,21 +322,24 @@ void vchan__try_accept(struct libvchan *c, bool in_wait)
 	}
 	c->w = vchan__setup_sndbuf(fd, c->write_ring);
 	c->sock = fd;
-	if (vchan__epoll_add(c->epfd, fd, EPOLL_SOCK_EVENTS) != 0) {
+	/*
+	 * EPOLLOUT makes the fresh (writable) socket ready at once: outside wait() that is
+	 * the client-connected event kept until wait(); inside, a request armed while
+	 * WAITING (wait() harvests the immediate edge before returning).
+	 */
+	out = latch || vchan__load(&c->armed);
+	vchan__lock(&c->nlock);
+	c->mask_out = out;
+	vchan__unlock(&c->nlock);
+	if (vchan__epoll_add(c->epfd, fd, VCHAN__EPOLL_SOCK | (out ? EPOLLOUT : 0)) != 0) {
 		/* cannot notify: treat as a dead connection */
 		vchan__store(&c->state, VCHAN_DISCONNECTED);
 		goto out;
 	}
 	vchan__store(&c->state, VCHAN_CONNECTED);
-	if (in_wait) {
-		struct epoll_event ev;
-		int r;
-
-		do
-			r = epoll_wait(c->epfd, &ev, 1, 0);
-		while (r < 0 && errno == EINTR);
-	}
 out:
+	if (latch)
+		vchan__store(&c->latched, 1);
 	vchan__unlock(&c->slock);
 }
 
@@ -462,11 +473,14 @@ static int vchan__client_attach(struct libvchan *c, int fd)
 	c->w = vchan__setup_sndbuf(fd, c->write_ring);
 	c->sock = fd;
 	c->connecting = false;
-	if (vchan__epoll_add(c->epfd, fd, EPOLL_SOCK_EVENTS) != 0) {
+	if (vchan__epoll_add(c->epfd, fd, VCHAN__EPOLL_SOCK) != 0) {
 		vchan__store(&c->state, VCHAN_DISCONNECTED);
 		return -1;
 	}
 	vchan__store(&c->state, VCHAN_CONNECTED);
+	/* a request made while connecting applies now (arm() harvests its own edge) */
+	if (__atomic_exchange_n(&c->armed, 0, __ATOMIC_ACQ_REL))
+		vchan__arm(c);
 	return 0;
 }
 

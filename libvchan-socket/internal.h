@@ -6,11 +6,13 @@
  *
  * See docs/DESIGN.md for the theory of operation; the comments here name its terms.
  *
- * Locking. Three mutexes, never nested except slock -> wlock (taken in that order):
+ * Locking. Four mutexes, never nested except slock -> wlock (taken in that order) and
+ * nlock, a leaf that may be taken under any other:
  *  - slock: set-up state: the listener, the client's inotify fd and timerfd, accept and
  *    connect, listener users;
  *  - wlock: the write side: overflow, u_est, promised, the pusher flag;
- *  - rlock: the read side: the stash.
+ *  - rlock: the read side: the stash;
+ *  - nlock: sock's epoll mask (mask_out) and the EPOLL_CTL_MOD calls that change it.
  * No mutex is held across a call that can block (poll, epoll_wait with a timeout).
  * `state`, `closed` and `blocking` are atomics; `sock` and `w` are written once, before
  * `state` leaves WAITING (release store), and read after an acquire load of `state`.
@@ -27,6 +29,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <sys/epoll.h>
 #include <sys/types.h>
 
 #include "libvchan.h"
@@ -89,6 +92,15 @@ struct libvchan {
 	size_t promised;    /* credit left from the last buffer_space() */
 	bool pusher;        /* a pusher thread is running */
 
+	/* ---- notification (notify.c; DESIGN.md "Notification") ---- */
+	size_t consumed;    /* atomic: bytes taken out of sock's kernel queue */
+	size_t seen;        /* atomic: consumed + FIONREAD just before wait()'s last harvest */
+	int latched;        /* atomic: a call other than wait() consumed an unseen event */
+	int armed;          /* atomic: a consumption request is outstanding */
+	unsigned arm_seq;   /* atomic: odd while arm() is between its MOD and its harvest */
+	pthread_mutex_t nlock;
+	bool mask_out;      /* nlock: EPOLLOUT is in sock's registration */
+
 	/* ---- rlock ---- */
 	pthread_mutex_t rlock;
 	char *stash;        /* recv's buffer (capacity read_ring, more only to undo), lazy */
@@ -126,6 +138,9 @@ int vchan__finish(struct libvchan *c, bool blocking);
 void vchan__close_wake(struct libvchan *c);
 
 /* ---- notify.c ---- */
+#define VCHAN__EPOLL_SOCK (EPOLLIN | EPOLLRDHUP | EPOLLET)
+void vchan__latch(struct libvchan *c);
+void vchan__arm(struct libvchan *c);
 int vchan__enter(struct libvchan *c);
 void vchan__leave(struct libvchan *c);
 void vchan__ref(struct libvchan *c);
@@ -133,6 +148,18 @@ void vchan__unref(struct libvchan *c);
 void vchan__set_disconnected(struct libvchan *c);
 int vchan__settle(struct libvchan *c);
 int vchan__wait_connected(struct libvchan *c);
+
+/*
+ * Bytes were taken out of the kernel queue: if some arrived after wait()'s last harvest,
+ * their edge may be on epoll's ready list and this read may drop it, so latch (DESIGN.md).
+ */
+static inline void vchan__consumed(struct libvchan *c, size_t n)
+{
+	size_t k = __atomic_add_fetch(&c->consumed, n, __ATOMIC_ACQ_REL);
+
+	if (k > vchan__load(&c->seen) && !vchan__load(&c->latched))
+		vchan__latch(c);
+}
 
 /* ---- io.c ---- */
 void vchan__ovf_discard(struct libvchan *c);

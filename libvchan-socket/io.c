@@ -204,6 +204,7 @@ static int vchan__write_waiting(struct libvchan *c, const char *p, size_t n)
 	for (;;) {
 		st = vchan__load(&c->state);
 		if (st == VCHAN_WAITING) {
+			vchan__arm(c); /* a write that has to wait asks for the consumption event */
 			if (vchan__wait_connected(c) < 0)
 				return -1;
 			continue;
@@ -231,6 +232,7 @@ static int vchan__write_waiting(struct libvchan *c, const char *p, size_t n)
 		if (r < 0)
 			return -1;
 		/* the kernel is full, or we went above W: wait until U <= W */
+		vchan__arm(c);
 		r = vchan__poll1(c->sock, POLLOUT | POLLRDHUP, -1);
 		if (vchan__load(&c->closed)) {
 			errno = EBADF;
@@ -342,6 +344,21 @@ VCHAN_API int libvchan_write(libvchan_t *c, const void *data, size_t size)
 		if (taken > 0)
 			vchan__spend_promise(c, (size_t)taken);
 	}
+	if (taken >= 0 && !blocking && (size_t)taken < n) {
+		/* short: ask for the consumption event, then look once more (DESIGN.md) */
+		vchan__unlock(&c->wlock);
+		vchan__arm(c);
+		vchan__lock(&c->wlock);
+		st = vchan__load(&c->state);
+		if (st != VCHAN_DISCONNECTED) {
+			ssize_t more = vchan__take(c, st, p + taken, n - (size_t)taken, c->promised);
+
+			if (more > 0) {
+				vchan__spend_promise(c, (size_t)more);
+				taken += more;
+			}
+		}
+	}
 	vchan__unlock(&c->wlock);
 	if (taken >= 0 && blocking && (size_t)taken < n &&
 	    vchan__write_waiting(c, p + taken, n - (size_t)taken) < 0)
@@ -352,21 +369,21 @@ VCHAN_API int libvchan_write(libvchan_t *c, const void *data, size_t size)
 	return (int)taken;
 }
 
-VCHAN_API int libvchan_send(libvchan_t *c, const void *data, size_t size)
+/*
+ * send() without waiting: 1 if `size` bytes fit and were taken (*taken: the count
+ * accepted, or -1 with errno), 0 if they do not fit now.
+ */
+static int vchan__send_now(struct libvchan *c, const char *p, size_t size, ssize_t *taken)
 {
-	const char *p = data;
-	ssize_t taken = -1;
 	size_t space;
-	int r, st;
+	int st;
 
-	r = vchan__write_prologue(c, size);
-	if (r != 1)
-		return r;
+	*taken = -1;
 	vchan__lock(&c->wlock);
 	st = vchan__load(&c->state);
 	if (st == VCHAN_DISCONNECTED) {
 		errno = EPIPE;
-		goto unlock;
+		goto done;
 	}
 	if (st == VCHAN_CONNECTED && !c->ovf_len && size <= c->write_ring &&
 	    c->u_est + vchan__tsz(size) <= c->w) {
@@ -377,42 +394,57 @@ VCHAN_API int libvchan_send(libvchan_t *c, const void *data, size_t size)
 		if (c->ovf_len && (vchan__poll_now(c->sock, POLLRDHUP) & POLL_GONE)) {
 			vchan__set_disconnected(c);
 			errno = EPIPE;
-			goto unlock;
+			goto done;
 		}
 		/* a promise from buffer_space() holds even if the kernel is full now */
 		space = vchan__measure_space(c);
 		if (space < c->promised)
 			space = c->promised;
 	}
-	if (size <= space) {
-		taken = vchan__take(c, st, p, size, space);
-		if (taken > 0)
-			vchan__spend_promise(c, (size_t)taken);
+	if (size > space) {
 		vchan__unlock(&c->wlock);
-		/* `space` was honest, so everything was taken; finish in the (rare) other case */
-		if (taken >= 0 && (size_t)taken < size) {
-			if (vchan__write_waiting(c, p + taken, size - (size_t)taken) < 0)
-				taken = -1;
-		}
-		if (taken >= 0)
-			taken = (ssize_t)size;
-		vchan__leave(c);
-		return (int)taken;
+		return 0;
 	}
+	*taken = vchan__take(c, st, p, size, space);
+	if (*taken > 0)
+		vchan__spend_promise(c, (size_t)*taken);
+done:
 	vchan__unlock(&c->wlock);
-	if (!vchan__load(&c->blocking)) {
-		taken = 0;
-	} else if (size > c->write_ring) {
-		errno = EMSGSIZE;
-	} else if (vchan__write_waiting(c, p, size) == 0) {
-		taken = (ssize_t)size;
+	return 1;
+}
+
+VCHAN_API int libvchan_send(libvchan_t *c, const void *data, size_t size)
+{
+	const char *p = data;
+	ssize_t taken;
+	int r;
+
+	r = vchan__write_prologue(c, size);
+	if (r != 1)
+		return r;
+	r = vchan__send_now(c, p, size, &taken);
+	if (r == 0 && !vchan__load(&c->blocking)) {
+		/* short: ask for the consumption event, then look once more (DESIGN.md) */
+		vchan__arm(c);
+		r = vchan__send_now(c, p, size, &taken);
+		if (r == 0)
+			taken = 0;
+	} else if (r == 0) {
+		taken = -1;
+		if (size > c->write_ring)
+			errno = EMSGSIZE;
+		else if (vchan__write_waiting(c, p, size) == 0)
+			taken = (ssize_t)size;
+	}
+	if (r == 1 && taken >= 0 && (size_t)taken < size) {
+		/* the space was honest, so everything was taken; finish in the (rare) other case */
+		if (vchan__write_waiting(c, p + taken, size - (size_t)taken) < 0)
+			taken = -1;
+		else
+			taken = (ssize_t)size;
 	}
 	vchan__leave(c);
 	return (int)taken;
-unlock:
-	vchan__unlock(&c->wlock);
-	vchan__leave(c);
-	return -1;
 }
 
 VCHAN_API int libvchan_buffer_space(libvchan_t *c)
@@ -422,7 +454,9 @@ VCHAN_API int libvchan_buffer_space(libvchan_t *c)
 
 	if (vchan__enter(c))
 		return 0;
-	st = vchan__settle(c);
+	vchan__settle(c);
+	/* buffer_space() asks for the consumption event (Xen), before measuring */
+	vchan__arm(c);
 	vchan__lock(&c->wlock);
 	st = vchan__load(&c->state);
 	if (st == VCHAN_WAITING)
@@ -436,6 +470,16 @@ VCHAN_API int libvchan_buffer_space(libvchan_t *c)
 }
 
 /* ------------------------------------------------------------------ reads */
+
+/* recv() from sock's kernel queue, counted for notification (vchan__consumed). */
+static ssize_t vchan__krecv(struct libvchan *c, void *buf, size_t len, int flags)
+{
+	ssize_t r = vchan__recv_flags(c->sock, buf, len, flags);
+
+	if (r > 0)
+		vchan__consumed(c, (size_t)r);
+	return r;
+}
 
 /* A zero-byte recv: EOF, or our own close (shutdown) from another thread. */
 static int vchan__eof(struct libvchan *c)
@@ -509,7 +553,7 @@ VCHAN_API int libvchan_read(libvchan_t *c, void *data, size_t size)
 	size = vchan__min(size, c->read_ring);
 	if (vchan__load(&c->blocking) && vchan__stash_empty_hint(c)) {
 		/* one recv() that sleeps in the kernel until data, EOF or our close() */
-		r = vchan__recv_flags(c->sock, data, size, 0);
+		r = vchan__krecv(c, data, size, 0);
 		if (r > 0)
 			ret = (int)r;
 		else if (r == 0 || errno == ECONNRESET)
@@ -525,7 +569,7 @@ VCHAN_API int libvchan_read(libvchan_t *c, void *data, size_t size)
 			ret = (int)vchan__stash_take(c, data, size);
 			break;
 		}
-		r = vchan__recv(c->sock, data, size);
+		r = vchan__krecv(c, data, size, MSG_DONTWAIT);
 		if (r > 0) {
 			ret = (int)r;
 			break;
@@ -580,7 +624,7 @@ static int vchan__deliver(struct libvchan *c, char *out, size_t n)
 	ssize_t r;
 
 	while (got < n) {
-		r = vchan__recv(c->sock, out + got, n - got);
+		r = vchan__krecv(c, out + got, n - got, MSG_DONTWAIT);
 		if (r > 0) {
 			got += (size_t)r;
 		} else if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
@@ -613,7 +657,7 @@ static int vchan__fill_stash(struct libvchan *c, size_t queued)
 	queued = vchan__min(queued, c->stash_cap - c->stash_len);
 	if (queued == 0)
 		return 0;
-	r = vchan__recv(c->sock, c->stash + c->stash_len, queued);
+	r = vchan__krecv(c, c->stash + c->stash_len, queued, MSG_DONTWAIT);
 	if (r > 0)
 		vchan__set_stash_len(c, c->stash_len + (size_t)r);
 	return 0;
@@ -669,7 +713,7 @@ VCHAN_API int libvchan_recv(libvchan_t *c, void *data, size_t size)
 	}
 	if (vchan__load(&c->blocking) && size <= c->read_ring && vchan__stash_empty_hint(c)) {
 		/* one recv() that sleeps in the kernel until all `size` bytes are there */
-		r = vchan__recv_flags(c->sock, out, size, MSG_WAITALL);
+		r = vchan__krecv(c, out, size, MSG_WAITALL);
 		if (r == (ssize_t)size) {
 			vchan__leave(c);
 			return (int)size;
@@ -693,7 +737,7 @@ VCHAN_API int libvchan_recv(libvchan_t *c, void *data, size_t size)
 	}
 	if (!c->stash_len && size <= c->read_ring) {
 		/* common case: everything is already queued */
-		r = vchan__recv(c->sock, out, size);
+		r = vchan__krecv(c, out, size, MSG_DONTWAIT);
 		if (r == (ssize_t)size) {
 			ret = (int)size;
 			goto out;

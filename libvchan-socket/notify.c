@@ -7,7 +7,9 @@
 #include <errno.h>
 #include <poll.h>
 #include <stdlib.h>
+#include <stdint.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -26,6 +28,7 @@ static void vchan__free(struct libvchan *c, bool destroy_locks)
 		pthread_mutex_destroy(&c->slock);
 		pthread_mutex_destroy(&c->wlock);
 		pthread_mutex_destroy(&c->rlock);
+		pthread_mutex_destroy(&c->nlock);
 	}
 	free(c);
 }
@@ -91,32 +94,184 @@ int vchan__wait_connected(struct libvchan *c)
 	return vchan__wait_listener(c);
 }
 
+/* ------------------------------------------------------------------ notification */
+
+/* sock's registration in epfd, with or without EPOLLOUT (nlock held). */
+static void vchan__set_mask(struct libvchan *c, bool out)
+{
+	struct epoll_event ev = { .events = VCHAN__EPOLL_SOCK | (out ? EPOLLOUT : 0),
+				  .data.fd = c->sock };
+
+	(void)epoll_ctl(c->epfd, EPOLL_CTL_MOD, c->sock, &ev);
+	c->mask_out = out;
+}
+
+/* sock, if the channel is connected (or was): -1 while WAITING or connecting. */
+static int vchan__sock_now(struct libvchan *c)
+{
+	return vchan__load(&c->state) == VCHAN_WAITING ? -1 : c->sock;
+}
+
+/* seen = consumed + FIONREAD; consumed is loaded first, so a concurrent read can only
+ * make seen smaller (a spurious event later), never larger (a missed one). */
+static void vchan__mark_seen(struct libvchan *c, int sock)
+{
+	size_t k = vchan__load(&c->consumed);
+	int q = vchan__ioctl_int(sock, FIONREAD);
+
+	vchan__store(&c->seen, k + (size_t)(q > 0 ? q : 0));
+}
+
+static int vchan__epoll_now(struct libvchan *c, struct epoll_event *ev, int n, int timeout)
+{
+	int r;
+
+	do
+		r = epoll_wait(c->epfd, ev, n, timeout);
+	while (r < 0 && errno == EINTR);
+	return r;
+}
+
+/*
+ * A call other than wait() consumed an event wait() has not seen: keep the fd readable
+ * until wait(). EPOLL_CTL_MOD with EPOLLOUT re-polls the item and queues it, and as the
+ * socket is writable (U <= W) it stays queued. `latched` alone makes wait() return at once
+ * (a WAITING server that refused a peer has no sock to register).
+ */
+void vchan__latch(struct libvchan *c)
+{
+	int sock;
+
+	if (__atomic_exchange_n(&c->latched, 1, __ATOMIC_ACQ_REL))
+		return;
+	sock = vchan__sock_now(c);
+	if (sock < 0)
+		return;
+	vchan__lock(&c->nlock);
+	vchan__set_mask(c, true);
+	vchan__unlock(&c->nlock);
+}
+
+/*
+ * Ask to be told of the peer's next consumption (Xen's VCHAN_NOTIFY_READ), one-shot. The
+ * caller measures its space after this, so a consumption between the MOD and the harvest
+ * of its immediate edge is reflected in what the call returns.
+ */
+void vchan__arm(struct libvchan *c)
+{
+	struct epoll_event ev[4];
+	bool latch = false;
+	int sock, n;
+
+	if (vchan__load(&c->armed))
+		return;
+	vchan__lock(&c->nlock);
+	if (vchan__load(&c->armed)) {
+		vchan__unlock(&c->nlock);
+		return;
+	}
+	vchan__store(&c->armed, 1);
+	sock = vchan__sock_now(c);
+	if (sock >= 0 && !c->mask_out) {
+		__atomic_add_fetch(&c->arm_seq, 1, __ATOMIC_ACQ_REL);
+		vchan__set_mask(c, true);
+		n = vchan__epoll_now(c, ev, 4, 0);
+		for (int i = 0; i < n; i++) {
+			uint32_t e = ev[i].events;
+
+			/* ours is the bare EPOLLOUT edge; anything else was an event to keep */
+			if (ev[i].data.fd != sock || (e & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
+				latch = true;
+			else if (e & EPOLLIN) {
+				int q = vchan__ioctl_int(sock, FIONREAD);
+				size_t k = vchan__load(&c->consumed);
+
+				if (k + (size_t)(q > 0 ? q : 0) > vchan__load(&c->seen))
+					latch = true;
+			}
+		}
+		__atomic_add_fetch(&c->arm_seq, 1, __ATOMIC_ACQ_REL);
+	}
+	vchan__unlock(&c->nlock);
+	if (latch)
+		vchan__latch(c);
+}
+
+/*
+ * wait() (DESIGN.md "Notification", steps 1 to 4): the only call that clears readiness.
+ */
 VCHAN_API int libvchan_wait(libvchan_t *c)
 {
 	struct epoll_event ev[4];
-	int r;
+	bool settle;
+	unsigned seq;
+	int r = 0, n, sock;
 
 	if (vchan__enter(c))
 		return -1;
-	for (;;) {
-		do
-			r = epoll_wait(c->epfd, ev, 4, -1);
-		while (r < 0 && errno == EINTR);
+	/* 1. a latched event: do not block */
+	settle = __atomic_exchange_n(&c->latched, 0, __ATOMIC_ACQ_REL);
+	if (settle && c->is_server && vchan__load(&c->state) == VCHAN_WAITING)
+		vchan__try_accept(c, true);
+	while (!settle) {
+		/* 2. harvest, blocking if nothing is there */
+		seq = vchan__load(&c->arm_seq);
+		sock = vchan__sock_now(c);
+		if (sock >= 0)
+			vchan__mark_seen(c, sock);
+		n = vchan__epoll_now(c, ev, 4, 0);
+		if (n == 0) {
+			n = vchan__epoll_now(c, ev, 4, -1);
+			settle = true; /* seen predates this harvest */
+		}
 		if (vchan__load(&c->closed)) {
 			errno = EBADF;
 			r = -1;
+			goto out;
+		}
+		if (n < 0) {
+			r = -1;
+			goto out;
+		}
+		if (c->is_server && vchan__load(&c->state) == VCHAN_WAITING) {
+			/* a waiting server's readiness means a client connected: take it */
+			vchan__try_accept(c, true);
+			if (vchan__load(&c->state) == VCHAN_WAITING) {
+				settle = false;
+				continue;
+			}
+			settle = true; /* the fresh registration may report at once */
 			break;
 		}
-		if (r < 0)
-			break;
-		r = 0;
-		if (!c->is_server || vchan__load(&c->state) != VCHAN_WAITING)
-			break;
-		/* a waiting server's readiness means a client connected: take it */
-		vchan__try_accept(c, true);
-		if (vchan__load(&c->state) != VCHAN_WAITING)
-			break;
+		sock = vchan__sock_now(c);
+		if (sock >= 0 && vchan__load(&c->armed) && seq == vchan__load(&c->arm_seq) &&
+		    !(seq & 1)) {
+			for (int i = 0; i < n; i++) {
+				uint32_t e = ev[i].events;
+
+				/* exactly EPOLLOUT: the requested consumption (one-shot) */
+				if (ev[i].data.fd == sock && (e & EPOLLOUT) &&
+				    !(e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))) {
+					vchan__store(&c->armed, 0);
+					settle = true;
+				}
+			}
+		}
+		break;
 	}
+	/* 3. EPOLLOUT out of the mask if nothing needs it; leave nothing of ours queued */
+	if (settle) {
+		sock = vchan__sock_now(c);
+		if (sock >= 0) {
+			vchan__lock(&c->nlock);
+			if (c->mask_out && !vchan__load(&c->armed) && !vchan__load(&c->latched))
+				vchan__set_mask(c, false);
+			vchan__unlock(&c->nlock);
+			vchan__mark_seen(c, sock);
+		}
+		(void)vchan__epoll_now(c, ev, 4, 0);
+	}
+out:
 	vchan__leave(c);
 	return r;
 }
