@@ -97,6 +97,7 @@ struct libvchan {
 	size_t seen;        /* atomic: consumed + FIONREAD just before wait()'s last harvest */
 	int latched;        /* atomic: a call other than wait() consumed an unseen event */
 	int armed;          /* atomic: a consumption request is outstanding */
+	int rearm;          /* atomic: a request made while armed (it may have fired already) */
 	unsigned arm_seq;   /* atomic: odd while arm() is between its MOD and its harvest */
 	pthread_mutex_t nlock;
 	bool mask_out;      /* nlock: EPOLLOUT is in sock's registration */

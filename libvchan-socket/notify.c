@@ -163,10 +163,17 @@ void vchan__arm(struct libvchan *c)
 	bool latch = false;
 	int sock, n;
 
-	if (vchan__load(&c->armed))
+	/*
+	 * Already armed: the request may have fired (fd readable, wait() not called yet);
+	 * this newer one must then survive the wait() that clears the older.
+	 */
+	if (vchan__load(&c->armed)) {
+		vchan__store(&c->rearm, 1);
 		return;
+	}
 	vchan__lock(&c->nlock);
 	if (vchan__load(&c->armed)) {
+		vchan__store(&c->rearm, 1);
 		vchan__unlock(&c->nlock);
 		return;
 	}
@@ -244,8 +251,10 @@ VCHAN_API int libvchan_wait(libvchan_t *c)
 			break;
 		}
 		sock = vchan__sock_now(c);
-		if (sock >= 0 && vchan__load(&c->armed) && seq == vchan__load(&c->arm_seq) &&
-		    !(seq & 1)) {
+		/* a request made since the last wait() keeps the request armed */
+		if (sock >= 0 && vchan__load(&c->armed) &&
+		    !__atomic_exchange_n(&c->rearm, 0, __ATOMIC_ACQ_REL) &&
+		    seq == vchan__load(&c->arm_seq) && !(seq & 1)) {
 			for (int i = 0; i < n; i++) {
 				uint32_t e = ev[i].events;
 
