@@ -390,11 +390,15 @@ def test_must_wait_returns_at_once_after_refused_peer_polled_readable(api, sockd
             assert api.libvchan_buffer_space(srv) >= 0
         elif call == "send":
             assert api.libvchan_send(srv, b"hs", 2) == 2
-        assert bounded(api.libvchan_wait, srv, timeout=scaled(1.0)) == 0, "wait() blocked"
-        assert api.libvchan_is_open(srv) == VCHAN_WAITING
-        code = _reap(pid)
+        waiter = run_bg(api.libvchan_wait, srv)
+        waiter.thread.join(scaled(1.0))
     finally:
-        os.close(ready)
+        try:
+            code = _reap(pid)
+        finally:
+            os.close(ready)
+    assert waiter.done(), f"wait() blocked after the fd polled readable (call: {call})"
+    assert waiter.result() == 0
     assert code == 0, f"nobody's connection was not refused (child code {code})"
     assert api.libvchan_is_open(srv) == VCHAN_WAITING
     # still a working server: the real client wakes it
