@@ -365,6 +365,23 @@ def test_must_write_nonblocking_insufficient_returns_what_fits(api, sockdir):
     assert api.libvchan_data_ready(cli) == 0
 
 
+@pytest.mark.parametrize(
+    ("side", "mins", "ring"),
+    [("server", (65536, 65536), 65536), ("client", (0, 0), CLI_RING), ("server", (0, 0), 2048)],
+)
+def test_must_write_nonblocking_returns_at_most_write_ring(api, sockdir, side, mins, ring):
+    """Three rings' worth to a peer whose ring is empty: at most the write ring is taken,
+    however much more the kernel's socket buffers could hold."""
+    srv, cli = _pair(api, "nonblocking", read_min=mins[0], write_min=mins[1])
+    h, peer = (srv, cli) if side == "server" else (cli, srv)
+    assert api.libvchan_data_ready(peer) == 0
+    data = pattern(3 * ring, seed=8)
+    n = api.libvchan_write(h, data, len(data))
+    assert 0 < n <= ring, f"non-blocking write took {n} bytes, write ring {ring}"
+    assert read_exact(api, peer, n) == data[:n]
+    assert api.libvchan_data_ready(peer) == 0
+
+
 def test_must_write_blocking_larger_than_ring_writes_in_parts_returns_n(api, sockdir):
     srv, cli = _pair(api, "blocking")
     data = pattern(300000, seed=5)

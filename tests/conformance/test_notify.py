@@ -1,9 +1,18 @@
-"""SPEC §5 (notification): fd_for_select() and wait()."""
+"""SPEC §5 (notification): fd_for_select() and wait().
+
+Consumption events follow Xen's request bits: the peer's reads make our fd readable only
+after this end asked, by ``buffer_space()`` or a write/send that could not take all its bytes
+at once; a request is one-shot and a ``wait()`` does not cancel it. Data arrival, a client
+connecting and the peer closing always make the fd readable. Negative checks ("the sender
+was not woken") are made only after the consumption is known to have happened (the peer's
+``recv()`` returned the message in this very thread, and its ``data_ready()`` is 0 again).
+"""
 
 from __future__ import annotations
 
 import socket
 import time
+from typing import Any
 
 import pytest
 
@@ -12,16 +21,22 @@ from tests.conftest import (
     TIMEOUT,
     VCHAN_CONNECTED,
     VCHAN_DISCONNECTED,
+    VCHAN_WAITING,
+    Bg,
     bounded,
     connected_pair,
     fd_readable,
     pattern,
     read_exact,
     run_bg,
+    scaled,
     settle,
     sock_path,
     wait_until,
 )
+
+#: A wait() that must return at once returns well within this.
+QUICK = scaled(1.0)
 
 
 def _fd(api, h) -> int:
@@ -132,6 +147,7 @@ def test_must_fd_readable_after_data_arrives(api, sockdir):
 
 
 def test_must_fd_readable_after_peer_consumed_data(api, sockdir):
+    """Asked twice (the fill's last write fell short, then buffer_space()): woken once."""
     srv, cli = connected_pair(api)
     accepted = _fill(api, srv)
     settle(api, srv)
@@ -343,3 +359,303 @@ def test_must_no_lost_wakeup_concurrent_waiter(api, sockdir):
         if i % 10 == 0:
             time.sleep(0.001)  # pacing: let the consumer catch up and block sometimes
     assert bg.result() == msg
+
+
+# ---------------------------------------------------------------------------- requests (Xen's)
+
+
+def _ends(api, side: str, **kw) -> tuple[Any, Any]:
+    """(this end, its peer), connected, both fds settled (no pending event)."""
+    srv, cli = connected_pair(api, **kw)
+    settle(api, srv)
+    settle(api, cli)
+    return (srv, cli) if side == "server" else (cli, srv)
+
+
+def _fill_send(api, h, chunk: int = 512) -> int:
+    """Non-blocking sends that fit until one returns 0 (no write() involved)."""
+    api.libvchan_set_blocking(h, False)
+    data = bytes(chunk)
+    total = 0
+    for _ in range(100000):
+        n = api.libvchan_send(h, data, chunk)
+        if n == 0:
+            return total
+        assert n == chunk, f"send returned {n} of {chunk}"
+        total += n
+    raise AssertionError("non-blocking send never returned 0 with a peer that does not read")
+
+
+def _consumed(api, peer, data: bytes) -> None:
+    """The peer reads ``data`` (all of it) and has nothing left: consumption is a fact."""
+    assert read_exact(api, peer, len(data)) == data
+    assert api.libvchan_data_ready(peer) == 0
+
+
+def _not_woken(api, h, what: str) -> None:
+    assert not fd_readable(_fd(api, h)), what
+
+
+def _woken(api, h, bg: Bg | None, what: str) -> None:
+    """The fd became readable; or, with a wait() blocked in ``bg``, that wait() returned."""
+    if bg is None:
+        assert fd_readable(_fd(api, h), TIMEOUT), what
+    else:
+        bg.thread.join(TIMEOUT)
+        assert bg.done(), what + " (the blocked wait() still blocks)"
+        assert bg.result() == 0
+
+
+def _wait_between(api, h, peer, between: str) -> Bg | None:
+    """A wait() after the request and before the consumption: it must not cancel it.
+
+    ``returned``: the peer sends a byte (data arrival), the fd polls readable, wait()
+    returns and the fd is clear again (returns None). ``blocked``: a wait() is left blocked
+    in a thread, to be woken by the consumption (returns that thread).
+    """
+    if between == "returned":
+        assert api.libvchan_send(peer, b"!", 1) == 1
+        assert fd_readable(_fd(api, h), TIMEOUT)
+        assert bounded(api.libvchan_wait, h) == 0
+        assert not fd_readable(_fd(api, h), SETTLE), "fd readable after wait() with nothing new"
+        return None
+    settle(api, h)
+    bg = run_bg(api.libvchan_wait, h)
+    bg.assert_blocked()
+    return bg
+
+
+@pytest.mark.parametrize("mode", ["blocking", "nonblocking"])
+@pytest.mark.parametrize("size", [1, 1000])
+@pytest.mark.parametrize("first", ["server", "client"])
+def test_must_select_ping_pong_peer_reads_do_not_wake_the_sender(api, sockdir, first, size, mode):
+    """20 exchanges (poll, wait, data_ready, recv, send; no buffer_space): each message wakes
+    its receiver once and its sender not at all."""
+    a, b = _ends(api, first)
+    for h in (a, b):
+        api.libvchan_set_blocking(h, mode == "blocking")
+    buf = bytearray(size)
+    for i in range(20):
+        for j, (sender, receiver) in enumerate(((a, b), (b, a))):
+            msg = pattern(size, seed=2 * i + j)
+            assert api.libvchan_send(sender, msg, size) == size
+            # the receiver's select loop
+            assert fd_readable(_fd(api, receiver), TIMEOUT), f"exchange {i}: message lost"
+            assert bounded(api.libvchan_wait, receiver) == 0
+            wait_until(lambda r=receiver: api.libvchan_data_ready(r) == size)
+            assert api.libvchan_recv(receiver, buf, size) == size
+            assert buf == msg
+            assert api.libvchan_data_ready(receiver) == 0  # consumed, not just stashed away
+            _not_woken(api, sender, f"exchange {i}.{j}: the peer's recv() woke the sender")
+            _not_woken(api, receiver, f"exchange {i}.{j}: receiver woken twice for one message")
+    assert not fd_readable(_fd(api, a), SETTLE), "a late wake-up after the exchanges"
+    assert not fd_readable(_fd(api, b)), "a late wake-up after the exchanges"
+
+
+@pytest.mark.parametrize("between", ["none", "returned", "blocked"])
+@pytest.mark.parametrize("short", ["partial", "zero"])
+@pytest.mark.parametrize("side", ["server", "client"])
+def test_must_short_nonblocking_write_requests_consumption_event(
+    api, sockdir, side, short, between
+):
+    """A non-blocking write that returned less than asked (partial, or 0 after filling)
+    arms the request; a wait() in between does not cancel it; the peer's read then makes
+    the fd readable."""
+    h, peer = _ends(api, side)
+    api.libvchan_set_blocking(h, False)
+    if short == "partial":
+        data = pattern(4 << 20, seed=1)  # more than any ring and kernel buffer
+        n = api.libvchan_write(h, data, len(data))
+        assert 0 < n < len(data)
+        accepted = data[:n]
+    else:
+        accepted = bytes(_fill(api, h))
+    bg = None
+    if between != "none":
+        bg = _wait_between(api, h, peer, between)
+    else:
+        settle(api, h)  # a spurious event is allowed if rare; the request stays armed
+    _not_woken(api, h, "readable before the peer consumed anything")
+    _consumed(api, peer, accepted)
+    _woken(api, h, bg, "asked by a short write, not woken by the read")
+
+
+@pytest.mark.parametrize("between", ["none", "returned", "blocked"])
+@pytest.mark.parametrize("when", ["before_data", "after_data"])
+@pytest.mark.parametrize("side", ["server", "client"])
+def test_must_buffer_space_requests_consumption_event(api, sockdir, side, when, between):
+    """buffer_space() arms the request (whether or not anything is in flight yet); the
+    first consumption after it makes the fd readable, a wait() in between does not cancel."""
+    h, peer = _ends(api, side)
+    msg = pattern(1000, seed=2)
+    if when == "before_data":
+        assert api.libvchan_buffer_space(h) > 0
+    assert api.libvchan_send(h, msg, len(msg)) == len(msg)  # fits: not a request by itself
+    if when == "after_data":
+        assert api.libvchan_buffer_space(h) >= 0
+    bg = None
+    if between != "none":
+        bg = _wait_between(api, h, peer, between)
+    else:
+        settle(api, h)
+    _not_woken(api, h, "readable before the peer consumed anything")
+    _consumed(api, peer, msg)
+    _woken(api, h, bg, "asked by buffer_space(), not woken by the read")
+
+
+@pytest.mark.parametrize("arm", ["buffer_space", "short_write", "send_0"])
+@pytest.mark.parametrize("side", ["server", "client"])
+def test_must_consumption_request_is_one_shot(api, sockdir, side, arm):
+    """After the asked-for consumption woke us and wait() cleared it, later reads by the
+    peer (of bytes written after it, with no new request) do not wake us again."""
+    h, peer = _ends(api, side)
+    if arm == "buffer_space":
+        accepted = pattern(1000, seed=3)
+        assert api.libvchan_send(h, accepted, len(accepted)) == len(accepted)
+        assert api.libvchan_buffer_space(h) >= 0
+    elif arm == "short_write":
+        accepted = bytes(_fill(api, h))
+    else:
+        accepted = bytes(_fill_send(api, h))
+    _consumed(api, peer, accepted)
+    assert fd_readable(_fd(api, h), TIMEOUT), "the request did not wake us"
+    settle(api, h)
+    for i in range(10):
+        msg = pattern(100, seed=100 + i)
+        assert api.libvchan_send(h, msg, len(msg)) == len(msg), "ring drained, yet no room"
+        _consumed(api, peer, msg)
+        _not_woken(api, h, f"message {i}: woken by a consumption nobody asked for")
+    assert not fd_readable(_fd(api, h), SETTLE), "a late unasked wake-up"
+
+
+@pytest.mark.parametrize("arm", ["buffer_space", "short_write"])
+@pytest.mark.parametrize("side", ["server", "client"])
+def test_must_request_made_after_consumption_survives_the_wait_that_clears_it(
+    api, sockdir, side, arm
+):
+    """Request 1, consumption 1 (fd readable), request 2, wait(): the wait() clears the event
+    of request 1 but must not cancel request 2, which consumption 2 must fire."""
+    h, peer = _ends(api, side)
+    m1 = pattern(1000, seed=4)
+    assert api.libvchan_send(h, m1, len(m1)) == len(m1)
+    assert api.libvchan_buffer_space(h) >= 0
+    _consumed(api, peer, m1)
+    assert fd_readable(_fd(api, h), TIMEOUT), "request 1 did not wake us"
+    if arm == "buffer_space":
+        m2 = pattern(1000, seed=5)
+        assert api.libvchan_send(h, m2, len(m2)) == len(m2)
+        assert api.libvchan_buffer_space(h) >= 0  # request 2, after consumption 1
+    else:
+        m2 = bytes(_fill(api, h))  # its last write falls short: request 2
+    assert bounded(api.libvchan_wait, h) == 0
+    assert not fd_readable(_fd(api, h), SETTLE), "fd readable after wait() with nothing new"
+    _consumed(api, peer, m2)
+    assert fd_readable(_fd(api, h), TIMEOUT), "request 2 (made before wait()) was lost"
+
+
+@pytest.mark.parametrize("side", ["server", "client"])
+def test_must_nonblocking_send_returning_0_requests_consumption_event(api, sockdir, side):
+    h, peer = _ends(api, side)
+    accepted = _fill_send(api, h)  # only sends that fit, then the one returning 0
+    settle(api, h)
+    _not_woken(api, h, "readable before the peer consumed anything")
+    _consumed(api, peer, bytes(accepted))
+    assert fd_readable(_fd(api, h), TIMEOUT), "asked by send() == 0, not woken by the read"
+
+
+@pytest.mark.parametrize("call", ["write", "send"])
+@pytest.mark.parametrize(("side", "ring"), [("server", 2048), ("client", 65536)])
+def test_must_blocking_call_that_had_to_wait_requests_consumption_event(
+    api, sockdir, side, ring, call
+):
+    """The ring is filled and the fill's request spent first, so that only the blocking
+    call, which must wait (asserted), can have asked."""
+    h, peer = _ends(api, side)
+    accepted = _fill_send(api, h)
+    part = 512
+    assert read_exact(api, peer, part) == bytes(part)  # fires the fill's request ...
+    assert fd_readable(_fd(api, h), TIMEOUT)
+    settle(api, h)  # ... and clears it: nothing is asked any more
+    api.libvchan_set_blocking(h, True)
+    data = pattern(ring, seed=6)
+    bg = run_bg(getattr(api, f"libvchan_{call}"), h, data, len(data))
+    bg.assert_blocked()  # only ~part bytes are free: it has to wait
+    _not_woken(api, h, "readable before the peer consumed anything")
+    api.libvchan_set_blocking(peer, False)
+    assert read_exact(api, peer, accepted - part + ring) == bytes(accepted - part) + data
+    assert bg.result() == ring
+    assert fd_readable(_fd(api, h), TIMEOUT), f"a blocking {call} that waited did not ask"
+
+
+def test_must_data_connect_close_wake_with_no_request_ever_made(api, sockdir):
+    """No buffer_space(), no short write anywhere: the three unconditional events."""
+    srv = api.libvchan_server_init(0, 1, 0, 0)
+    assert not fd_readable(_fd(api, srv))
+    cli = bounded(api.libvchan_client_init, 0, 1)
+    assert fd_readable(_fd(api, srv), TIMEOUT), "client connected, server not woken"
+    assert bounded(api.libvchan_wait, srv) == 0
+    assert api.libvchan_is_open(srv) == VCHAN_CONNECTED
+    settle(api, cli)
+    for h, peer in ((srv, cli), (cli, srv)):
+        settle(api, h)
+        assert not fd_readable(_fd(api, h))
+        assert api.libvchan_send(peer, b"hey", 3) == 3
+        assert fd_readable(_fd(api, h), TIMEOUT), "data arrived, not woken"
+        assert bounded(api.libvchan_wait, h) == 0
+        assert read_exact(api, h, 3) == b"hey"
+    settle(api, srv)
+    settle(api, cli)
+    api.libvchan_close(cli)
+    assert fd_readable(_fd(api, srv), TIMEOUT), "peer closed, not woken"
+    assert bounded(api.libvchan_wait, srv) == 0
+    assert api.libvchan_is_open(srv) == VCHAN_DISCONNECTED
+
+
+# ---------------------------------------------------------------------------- poll, read, wait
+
+
+@pytest.mark.parametrize("poll_again", [False, True])
+@pytest.mark.parametrize("call", ["read", "read_part", "recv"])
+@pytest.mark.parametrize("mode", ["blocking", "nonblocking"])
+@pytest.mark.parametrize("side", ["server", "client"])
+def test_must_wait_returns_at_once_after_read_between_poll_and_wait(
+    api, sockdir, side, mode, call, poll_again
+):
+    """Data arrives, the fd polls readable, a read()/recv() consumes it (all of it, or
+    part), then wait() (with or without another poll first) must return at once."""
+    h, peer = _ends(api, side)
+    api.libvchan_set_blocking(h, mode == "blocking")
+    msg = b"0123456789"
+    assert api.libvchan_send(peer, msg, len(msg)) == len(msg)
+    assert fd_readable(_fd(api, h), TIMEOUT)
+    buf = bytearray(len(msg))
+    if call == "read":
+        assert read_exact(api, h, len(msg)) == msg
+        assert api.libvchan_data_ready(h) == 0
+    elif call == "read_part":
+        assert api.libvchan_read(h, buf, 3) > 0
+    else:
+        wait_until(lambda: api.libvchan_recv(h, buf, len(msg)) == len(msg))
+        assert buf == msg
+        assert api.libvchan_data_ready(h) == 0
+    if poll_again:
+        assert fd_readable(_fd(api, h)), f"{call}() swallowed the event"
+    assert bounded(api.libvchan_wait, h, timeout=QUICK) == 0, f"wait() blocked after {call}()"
+    assert not fd_readable(_fd(api, h), SETTLE), "wait() did not clear the event"
+    assert api.libvchan_is_open(h) == VCHAN_CONNECTED
+
+
+def test_must_waiting_server_wait_after_connect_polled_then_is_open(api, sockdir):
+    """The client-connected event is consumed by is_open() (it takes the client), yet the
+    wait() after the fd polled readable returns at once."""
+    srv = api.libvchan_server_init(0, 1, 0, 0)
+    assert api.libvchan_is_open(srv) == VCHAN_WAITING
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        c.connect(str(sock_path(sockdir, 0, 0, 1)))
+        assert fd_readable(_fd(api, srv), TIMEOUT)
+        assert api.libvchan_is_open(srv) == VCHAN_CONNECTED
+        assert bounded(api.libvchan_wait, srv, timeout=QUICK) == 0
+        assert api.libvchan_is_open(srv) == VCHAN_CONNECTED
+    finally:
+        c.close()

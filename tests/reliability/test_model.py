@@ -12,6 +12,17 @@ recv of at most data_ready() bytes succeeds, a blocking call is only made when t
 says it must return (and then it must, within a deadline), an arrival after the last
 wait() makes the select fd readable, and in the end every accepted byte arrives.
 
+Notification (§5) is modelled as Xen's request bits. A consumption event is owed only when
+this end asked (``buffer_space()``, a non-blocking write returning less than asked, a
+non-blocking send returning 0) and the peer then surely consumed after the request: the
+peer may hold up to its read ring of our bytes in user space (a stash) that it took from
+the kernel before the request, so the model counts a consumption as certain once the peer
+has read more than that many bytes past the request. An owed event must keep the fd
+readable until a ``wait()``; a ``wait()`` forgets any request (it may have fired unseen).
+Once the fd has polled readable, the next ``wait()`` must return at once, whatever calls
+were made in between. Unasked consumption must not wake us, but spurious readiness is
+allowed if rare, so a model of random steps does not check that (test_notify.py does).
+
 Examples and steps are bounded so one implementation takes ~10-20 s; derandomized under
 CI (``CI`` set) or ``VCHAN_HYPOTHESIS_DERANDOMIZE=1``; ``VCHAN_HYPOTHESIS_EXAMPLES``
 scales the number of examples.
@@ -101,6 +112,11 @@ class ChannelMachine(RuleBasedStateMachine):
         self.space: list[int | None] = [None, None]  # last buffer_space(e), still promised
         self.ready: list[int | None] = [None, None]  # last data_ready(e), still valid
         self.seen: list[int | None] = [None, None]  # arrivals at e known at its last wait()
+        # §5 requests: e asked to be told of consumption; it is certain once the peer has
+        # read e's stream past this offset (got[e] at the request + the peer's read ring).
+        self.request: list[int | None] = [None, None]
+        self.owed = [False, False]  # a requested consumption happened; wait() not yet called
+        self.polled = [False, False]  # the fd polled readable since e's last wait()
 
     # ------------------------------------------------------------------------- helpers
 
@@ -116,6 +132,7 @@ class ChannelMachine(RuleBasedStateMachine):
         want = _stream.chunk(o, self.got[o], len(data))
         assert bytes(data) == want, f"wrong bytes at offset {self.got[o]} of stream {o}"
         self.got[o] += len(data)
+        self.consumed(o)
 
     def alive(self, e: int) -> bool:
         return not self.closed[e]
@@ -127,6 +144,18 @@ class ChannelMachine(RuleBasedStateMachine):
     def touch(self, e: int) -> None:
         self.space[e] = None
         self.ready[e] = None
+
+    def ask(self, e: int) -> None:
+        """e requested a consumption event (buffer_space() or a short write)."""
+        if self.request[e] is None and not self.gone(e):
+            self.request[e] = self.got[e] + self.read_ring[1 - e]
+
+    def consumed(self, e: int) -> None:
+        """The peer read more of e's stream: a pending request may now surely have fired."""
+        req = self.request[e]
+        if req is not None and self.got[e] > req:
+            self.request[e] = None
+            self.owed[e] = True
 
     # ------------------------------------------------------------------------ set-up
 
@@ -143,6 +172,7 @@ class ChannelMachine(RuleBasedStateMachine):
         early = min(early, self.write_ring[0])
         if early:  # a WAITING server buffers writes up to its ring (SPEC §4)
             assert api.libvchan_buffer_space(srv) == self.write_ring[0]
+            self.ask(0)
             data = _stream.chunk(0, 0, early)
             assert api.libvchan_send(srv, data, early) == early
             self.sent[0] = early
@@ -164,6 +194,7 @@ class ChannelMachine(RuleBasedStateMachine):
         if self.gone(e):
             return
         self.space[e] = bs
+        self.ask(e)
 
     @precondition(lambda self: not all(self.closed))
     @rule(e=END, size=SIZES, send=st.booleans())
@@ -200,6 +231,9 @@ class ChannelMachine(RuleBasedStateMachine):
                 assert n == size, f"buffer_space promised {space}, {size} got {n}"
             elif space is not None and not send:
                 assert n >= space, f"write of {size} took {n} < promised {space}"
+            assert n <= self.write_ring[e], f"non-blocking write took {n} > write ring"
+            if n < size:
+                self.ask(e)  # a short write requests the consumption event (§5)
         self.sent[e] += n
 
     @precondition(lambda self: not any(self.closed))
@@ -224,6 +258,7 @@ class ChannelMachine(RuleBasedStateMachine):
                 want = _stream.chunk(e, self.got[e], n)
                 assert bytes(buf[:n]) == want, "wrong bytes during a blocking write"
                 self.got[e] += n
+                self.consumed(e)
             else:
                 time.sleep(0.0002)
             assert time.monotonic() < end, "blocking write never finished"
@@ -325,14 +360,36 @@ class ChannelMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: not all(self.closed))
     @rule(e=END)
+    def poll(self, e: int) -> None:
+        """poll() the fd; if readable, the next wait() must return at once."""
+        if not self.closed[e] and fd_readable(self.fd[e]):
+            self.polled[e] = True
+
+    @precondition(lambda self: not all(self.closed))
+    @rule(e=END)
     def wait(self, e: int) -> None:
-        """wait() when the fd is readable; then remember what had arrived."""
-        if self.closed[e] or not fd_readable(self.fd[e]):
+        """wait() when the fd is (or has polled) readable; then remember what had arrived."""
+        if self.closed[e]:
             return
+        if not self.polled[e] and not fd_readable(self.fd[e]):
+            return
+        # Only wait() clears readiness: after the fd polled readable, whatever calls were
+        # made since, this wait() does not block.
         assert bounded(self.api.libvchan_wait, self.h[e], timeout=CALL_TIMEOUT) == 0
+        self.polled[e] = False
+        self.owed[e] = False
+        self.request[e] = None  # it may have fired (and been cleared) without our knowing
         dr = self.api.libvchan_data_ready(self.h[e])
         self.seen[e] = None if dr >= self.read_ring[e] else self.got[1 - e] + dr
         self.touch(e)
+
+    @precondition(lambda self: not all(self.closed))
+    @rule(e=END)
+    def requested_consumption_makes_fd_readable(self, e: int) -> None:
+        """The peer surely consumed after e asked: e's fd is readable until its wait()."""
+        if self.closed[e] or not self.owed[e]:
+            return
+        assert fd_readable(self.fd[e], PROMPT), "asked for consumption, consumed, not woken"
 
     @precondition(lambda self: not all(self.closed))
     @rule(e=END)

@@ -29,7 +29,9 @@ from tests.conftest import (
     VCHAN_WAITING,
     bounded,
     bounded_err,
+    fd_readable,
     run_bg,
+    scaled,
     sock_path,
     wait_until,
 )
@@ -359,3 +361,49 @@ def test_default_umask_keeps_other_uids_from_connecting(api, sockdir):
     os.close(ready)
     assert _reap(pid) == 3, "nobody could connect to a 0755 socket"
     assert api.libvchan_is_open(srv) == VCHAN_WAITING
+
+
+@pytest.mark.parametrize("call", ["none", "is_open", "data_ready", "buffer_space", "send"])
+def test_must_wait_returns_at_once_after_refused_peer_polled_readable(api, sockdir, call):
+    """SPEC §5: a WAITING server's fd polled readable because an untrusted peer connected;
+    whichever call refuses it (``call`` in between, or wait() itself), the wait() after the
+    poll must not block, and the server is still WAITING."""
+    nobody = _nobody()
+    path = str(sock_path(sockdir, 0, 0, 1))
+    old = _open_to_all(sockdir)
+    try:
+        srv = api.libvchan_server_init(0, 1, 0, 0)
+    finally:
+        os.umask(old)
+    assert srv is not None
+    fd = api.libvchan_fd_for_select(srv)
+    assert not fd_readable(fd)
+    pid, ready = _as_nobody(_intruder(path, b"intruder", None), nobody)
+    try:
+        assert _signalled(ready), "the nobody client could not connect at all"
+        assert fd_readable(fd, TIMEOUT), "a pending connection did not make the fd readable"
+        if call == "is_open":
+            assert api.libvchan_is_open(srv) == VCHAN_WAITING
+        elif call == "data_ready":
+            assert api.libvchan_data_ready(srv) == 0
+        elif call == "buffer_space":
+            assert api.libvchan_buffer_space(srv) >= 0
+        elif call == "send":
+            assert api.libvchan_send(srv, b"hs", 2) == 2
+        waiter = run_bg(api.libvchan_wait, srv)
+        waiter.thread.join(scaled(1.0))
+    finally:
+        try:
+            code = _reap(pid)
+        finally:
+            os.close(ready)
+    assert waiter.done(), f"wait() blocked after the fd polled readable (call: {call})"
+    assert waiter.result() == 0
+    assert code == 0, f"nobody's connection was not refused (child code {code})"
+    assert api.libvchan_is_open(srv) == VCHAN_WAITING
+    # still a working server: the real client wakes it
+    cli = bounded(api.libvchan_client_init, 0, 1)
+    assert cli is not None
+    assert fd_readable(fd, TIMEOUT)
+    assert bounded(api.libvchan_wait, srv) == 0
+    assert api.libvchan_is_open(srv) == VCHAN_CONNECTED
