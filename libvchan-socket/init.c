@@ -297,7 +297,7 @@ void vchan__try_accept(struct libvchan *c, bool in_wait)
 	 * until wait() (SPEC section 5): a connected client by the fresh registration, a
 	 * refused or vanished one by `latched` alone.
 	 */
-	latch = !in_wait;
+	latch = true; /* (inside wait() it makes wait() return, still WAITING) */
 	(void)shutdown(c->listen_fd, SHUT_RD);
 	do
 		fd = accept4(c->listen_fd, NULL, NULL, SOCK_CLOEXEC); /* blocking, see io.c */
@@ -327,6 +327,7 @@ void vchan__try_accept(struct libvchan *c, bool in_wait)
 	 * the client-connected event kept until wait(); inside, a request armed while
 	 * WAITING (wait() harvests the immediate edge before returning).
 	 */
+	latch = !in_wait;
 	out = latch || vchan__load(&c->armed);
 	vchan__lock(&c->nlock);
 	c->mask_out = out;

@@ -344,13 +344,13 @@ VCHAN_API int libvchan_write(libvchan_t *c, const void *data, size_t size)
 		if (taken > 0)
 			vchan__spend_promise(c, (size_t)taken);
 	}
-	if (taken >= 0 && !blocking && (size_t)taken < n) {
+	if (taken >= 0 && !blocking && (size_t)taken < size) {
 		/* short: ask for the consumption event, then look once more (DESIGN.md) */
 		vchan__unlock(&c->wlock);
 		vchan__arm(c);
 		vchan__lock(&c->wlock);
 		st = vchan__load(&c->state);
-		if (st != VCHAN_DISCONNECTED) {
+		if (st != VCHAN_DISCONNECTED && (size_t)taken < n) {
 			ssize_t more = vchan__take(c, st, p + taken, n - (size_t)taken, c->promised);
 
 			if (more > 0) {

@@ -164,17 +164,19 @@ void vchan__arm(struct libvchan *c)
 	int sock, n;
 
 	/*
-	 * Already armed: the request may have fired (fd readable, wait() not called yet);
-	 * this newer one must then survive the wait() that clears the older.
+	 * Already armed. If the fd is readable the request may have fired (wait() not called
+	 * yet): this newer one must survive the wait() that clears the older. If it is not,
+	 * the older has not fired and the same consumption answers both.
 	 */
 	if (vchan__load(&c->armed)) {
-		vchan__store(&c->rearm, 1);
+		if (vchan__poll_now(c->epfd, POLLIN) & POLLIN)
+			vchan__store(&c->rearm, 1);
 		return;
 	}
 	vchan__lock(&c->nlock);
 	if (vchan__load(&c->armed)) {
-		vchan__store(&c->rearm, 1);
 		vchan__unlock(&c->nlock);
+		vchan__arm(c);
 		return;
 	}
 	vchan__store(&c->armed, 1);
@@ -210,7 +212,7 @@ void vchan__arm(struct libvchan *c)
 VCHAN_API int libvchan_wait(libvchan_t *c)
 {
 	struct epoll_event ev[4];
-	bool settle;
+	bool settle, blocked;
 	unsigned seq;
 	int r = 0, n, sock;
 
@@ -227,7 +229,8 @@ VCHAN_API int libvchan_wait(libvchan_t *c)
 		if (sock >= 0)
 			vchan__mark_seen(c, sock);
 		n = vchan__epoll_now(c, ev, 4, 0);
-		if (n == 0) {
+		blocked = n == 0;
+		if (blocked) {
 			n = vchan__epoll_now(c, ev, 4, -1);
 			settle = true; /* seen predates this harvest */
 		}
@@ -244,8 +247,17 @@ VCHAN_API int libvchan_wait(libvchan_t *c)
 			/* a waiting server's readiness means a client connected: take it */
 			vchan__try_accept(c, true);
 			if (vchan__load(&c->state) == VCHAN_WAITING) {
-				settle = false;
-				continue;
+				/*
+				 * A refused peer. If the fd was readable when wait() was
+				 * called, the caller saw that event: return, still WAITING
+				 * (SPEC section 5). If wait() slept, keep sleeping: qrexec
+				 * takes a return for "connected".
+				 */
+				settle = __atomic_exchange_n(&c->latched, 0, __ATOMIC_ACQ_REL) &&
+					 !blocked;
+				if (!settle)
+					continue;
+				break;
 			}
 			settle = true; /* the fresh registration may report at once */
 			break;
