@@ -1013,49 +1013,49 @@ class Channel:
             if self._closed:
                 raise _oserror(errno.EBADF, "vchan is closed")
             self._busy += 1
-            latched = self._latched  # step 1: a latched event never blocks
+            tail = self._latched  # step 1: a latched event never blocks
             self._latched = False
-        try:
-            ep = self._ep
-            tail = latched
             sock = self._sock
-            if latched:
+            armed = self._armed  # only a request made before the harvest can end in it
+        fd = -1
+        events: list[tuple[int, int]] = []
+        try:
+            if tail:
                 pass
             elif sock is not None:
                 # Step 2. Load consumed before the ioctl: a concurrent read can only make
                 # seen smaller (a spurious event later), never larger (a missed one).
                 fd = sock.fileno()
-                armed = self._armed  # only a request made before the harvest can end in it
                 try:
                     self._seen = self._consumed + _unpack_int(
                         _ioctl(fd, _FIONREAD, _ZERO_INT))[0]
-                    events = ep.poll(0)
+                    events = self._ep.poll(0)
                     if not events:
-                        events = ep.poll(-1)
+                        events = self._ep.poll(-1)
                         tail = True
                 except (OSError, ValueError):
-                    events = []  # closed under us: reported below
-                with lock:
-                    if self._closed:
-                        raise _oserror(errno.EBADF, "vchan is closed")
-                    if armed and self._armed:
-                        for rfd, ev in events:
-                            # Exactly EPOLLOUT: the requested consumption. With EPOLLIN too
-                            # it cannot tell: stay armed (at worst one spurious event).
-                            if rfd == fd and ev == _EPOLLOUT:
-                                self._armed = False
-                    if self._mask_out and not self._armed:
-                        tail = True
+                    pass  # closed under us: reported below
             else:
                 tail = self._wait_unconnected()
-            if tail:
-                self._wait_tail()
-            return 0
         finally:
             with lock:
                 self._busy -= 1
-                if not self._busy and (self._retired or self._closed):
+                closed = self._closed
+                if armed and self._armed:
+                    for rfd, ev in events:
+                        # Exactly EPOLLOUT: the requested consumption. With EPOLLIN too it
+                        # cannot tell: stay armed (at worst one spurious event later).
+                        if rfd == fd and ev == _EPOLLOUT:
+                            self._armed = False
+                if self._mask_out and not self._armed:
+                    tail = True
+                if not self._busy and (self._retired or closed):
                     self._idle_cleanup()
+        if closed:
+            raise _oserror(errno.EBADF, "vchan is closed")
+        if tail:
+            self._wait_tail()  # step 3 (it re-checks closed under the lock)
+        return 0
 
     def _wait_unconnected(self) -> bool:
         """wait() on a WAITING server or a connecting client; True if step 3 must run."""
