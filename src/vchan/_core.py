@@ -3,15 +3,30 @@
 Theory of operation (the long form is docs/DESIGN.md; the C library follows the same plan):
 
 * A channel holds a non-blocking ``AF_UNIX`` stream socket and an epoll fd, the *select fd*.
-  Only :meth:`Channel.wait` calls ``epoll_wait`` on it, so only ``wait()`` clears readiness.
-  The socket is registered edge-triggered for ``EPOLLIN | EPOLLOUT | EPOLLRDHUP``: after
-  ``wait()`` nothing is reported until the kernel signals something new (no spinning), and
-  because the socket is kept writable whenever no call is in progress (the *writable
-  invariant*), an item on epoll's ready list is never dropped by a re-poll after ``read()``
-  consumed the data that made it ready.
+  Only :meth:`Channel.wait` clears readiness. The socket is registered edge-triggered for
+  ``EPOLLIN | EPOLLRDHUP``: after ``wait()`` nothing is reported until the kernel signals
+  something new (no spinning), and the peer's reads (an ``EPOLLOUT``-keyed wake-up) never
+  wake us unasked (SPEC §5: a select-driven message wakes its receiver once, its sender not).
+* ``EPOLLOUT`` is added to the mask (``EPOLL_CTL_MOD``) only while a consumption request is
+  *armed* or an event is *latched*. ``buffer_space()`` and a write that falls short call
+  :meth:`Channel._arm` (Xen's ``VCHAN_NOTIFY_READ``, one-shot): the MOD queues the item at
+  once (the socket is writable), ``epoll_wait(0)`` harvests that edge (latching if it also
+  carried an event ``wait()`` has not seen), and only then does the caller measure or retry,
+  so a consumption is either in what it returns or makes the fd readable. ``wait()`` ends the
+  request when it harvests exactly ``EPOLLOUT``, and then takes ``EPOLLOUT`` out again.
+* Latch: epoll drops a ready item whose events no longer hold, so a ``read()`` that drains
+  the data which made the fd readable would make ``wait()`` block. ``consumed`` counts bytes
+  taken from the kernel queue and ``wait()`` records ``seen = consumed + FIONREAD`` just
+  before its harvest; a read that makes ``consumed > seen`` (and an accept or a refused
+  untrusted peer outside ``wait()``) sets ``latched`` and MODs ``EPOLLOUT`` in, which keeps
+  the item queued (the socket is writable: the *writable invariant* below) until ``wait()``,
+  which does not block when latched. The common path: ``wait()`` is one ``FIONREAD`` and
+  one ``epoll_wait(0)``; a read adds an integer add and compare; a write nothing.
 * The kernel polls a Unix socket writable, and wakes us when the peer frees space, only while
   the send-buffer memory in use (``SIOCOUTQ``, U) is at most a quarter of ``SO_SNDBUF`` (W).
-  Writes that need not wait therefore never push U above W; ``buffer_space()`` reports what
+  Writes that need not wait therefore never push U above W (the writable invariant, which
+  both a latched event and a requested consumption event rely on); a non-blocking
+  ``write()`` takes at most the write ring; ``buffer_space()`` reports what
   fits below W (capped at the ring), and is a promise: bytes it promised that the kernel will
   not take right now go to a user-space *overflow* that a *pusher* thread delivers. The
   thread only exists while the overflow holds bytes (or a WAITING server holds early writes).
