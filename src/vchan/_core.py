@@ -3,15 +3,30 @@
 Theory of operation (the long form is docs/DESIGN.md; the C library follows the same plan):
 
 * A channel holds a non-blocking ``AF_UNIX`` stream socket and an epoll fd, the *select fd*.
-  Only :meth:`Channel.wait` calls ``epoll_wait`` on it, so only ``wait()`` clears readiness.
-  The socket is registered edge-triggered for ``EPOLLIN | EPOLLOUT | EPOLLRDHUP``: after
-  ``wait()`` nothing is reported until the kernel signals something new (no spinning), and
-  because the socket is kept writable whenever no call is in progress (the *writable
-  invariant*), an item on epoll's ready list is never dropped by a re-poll after ``read()``
-  consumed the data that made it ready.
+  Only :meth:`Channel.wait` clears readiness. The socket is registered edge-triggered for
+  ``EPOLLIN | EPOLLRDHUP``: after ``wait()`` nothing is reported until the kernel signals
+  something new (no spinning), and the peer's reads (an ``EPOLLOUT``-keyed wake-up) never
+  wake us unasked (SPEC §5: a select-driven message wakes its receiver once, its sender not).
+* ``EPOLLOUT`` is added to the mask (``EPOLL_CTL_MOD``) only while a consumption request is
+  *armed* or an event is *latched*. ``buffer_space()`` and a write that falls short call
+  :meth:`Channel._arm` (Xen's ``VCHAN_NOTIFY_READ``, one-shot): the MOD queues the item at
+  once (the socket is writable), ``epoll_wait(0)`` harvests that edge (latching if it also
+  carried an event ``wait()`` has not seen), and only then does the caller measure or retry,
+  so a consumption is either in what it returns or makes the fd readable. ``wait()`` ends the
+  request when it harvests exactly ``EPOLLOUT``, and then takes ``EPOLLOUT`` out again.
+* Latch: epoll drops a ready item whose events no longer hold, so a ``read()`` that drains
+  the data which made the fd readable would make ``wait()`` block. ``consumed`` counts bytes
+  taken from the kernel queue and ``wait()`` records ``seen = consumed + FIONREAD`` just
+  before its harvest; a read that makes ``consumed > seen`` (and an accept or a refused
+  untrusted peer outside ``wait()``) sets ``latched`` and MODs ``EPOLLOUT`` in, which keeps
+  the item queued (the socket is writable: the *writable invariant* below) until ``wait()``,
+  which does not block when latched. The common path: ``wait()`` is one ``FIONREAD`` and
+  one ``epoll_wait(0)``; a read adds an integer add and compare; a write nothing.
 * The kernel polls a Unix socket writable, and wakes us when the peer frees space, only while
   the send-buffer memory in use (``SIOCOUTQ``, U) is at most a quarter of ``SO_SNDBUF`` (W).
-  Writes that need not wait therefore never push U above W; ``buffer_space()`` reports what
+  Writes that need not wait therefore never push U above W (the writable invariant, which
+  both a latched event and a requested consumption event rely on); a non-blocking
+  ``write()`` takes at most the write ring; ``buffer_space()`` reports what
   fits below W (capped at the ring), and is a promise: bytes it promised that the kernel will
   not take right now go to a user-space *overflow* that a *pusher* thread delivers. The
   thread only exists while the overflow holds bytes (or a WAITING server holds early writes).
@@ -40,7 +55,11 @@ DISCONNECTED: Final = 0
 CONNECTED: Final = 1
 WAITING: Final = 2
 
-_EPOLL_SOCK = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
+_EPOLL_IN = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
+_EPOLL_INOUT = _EPOLL_IN | select.EPOLLOUT
+_EPOLLIN = select.EPOLLIN
+_EPOLLOUT = select.EPOLLOUT
+_EP_GONE = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 _POLL_GONE = _linux.POLLRDHUP | select.POLLHUP | select.POLLERR
 _SEND_FLAGS = socket.MSG_NOSIGNAL | socket.MSG_DONTWAIT
 _DONTWAIT = socket.MSG_DONTWAIT
@@ -120,6 +139,15 @@ class Channel:
         self._handoff = False
         self._busy = 0
         self._retired: list[socket.socket] = []
+        # Notification (SPEC §5, docs/DESIGN.md "Notification"): bytes taken from the kernel
+        # queue; consumed + FIONREAD measured before wait()'s last harvest; a consumption
+        # request is outstanding; a call other than wait() took an event wait() has not
+        # seen; EPOLLOUT is in sock's epoll mask.
+        self._consumed = 0
+        self._seen = 0
+        self._armed = False
+        self._latched = False
+        self._mask_out = False
         _live.add(self)
 
     # ----------------------------------------------------------------------------- creation
@@ -264,8 +292,15 @@ class Channel:
         uid = _linux.peer_uid(sock)
         return uid == 0 or uid == os.geteuid()
 
-    def _attach(self, sock: socket.socket) -> None:
-        """Make ``sock`` the channel's connection (lock held)."""
+    def _attach(self, sock: socket.socket, in_wait: bool = False) -> None:
+        """Make ``sock`` the channel's connection (lock held).
+
+        A server that accepts outside :meth:`wait` latches the client-connected event: the
+        registration with ``EPOLLOUT`` queues the item at once (the fresh socket is writable)
+        and it stays queued until ``wait()``. Inside ``wait()`` its step 3 harvests it. A
+        client has no connected event; if it asked for consumption before it was connected,
+        the request is applied here (and the registration's own edge harvested, as arm()
+        does)."""
         # Blocking at the socket level: a blocking read/recv is then one recv() that sleeps in
         # the kernel, like a plain socket; every other call passes MSG_DONTWAIT.
         sock.setblocking(True)
@@ -278,11 +313,27 @@ class Channel:
         self._w = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 4
         self._u_est = 0
         self._sock = sock
-        self._ep.register(sock.fileno(), _EPOLL_SOCK)
         self._state = CONNECTED
+        fd = sock.fileno()
+        if self.is_server and not in_wait:
+            self._latched = True
+            self._mask_out = True
+            self._ep.register(fd, _EPOLL_INOUT)
+        elif self._armed:
+            self._mask_out = True
+            self._ep.register(fd, _EPOLL_INOUT)
+            if not in_wait:
+                self._harvest(fd)
+        else:
+            self._mask_out = False
+            self._ep.register(fd, _EPOLL_IN)
 
-    def _try_accept(self) -> bool:
-        """A WAITING server takes its client if one is there (lock held)."""
+    def _try_accept(self, in_wait: bool = False) -> bool:
+        """A WAITING server takes its client if one is there (lock held).
+
+        Outside :meth:`wait`, both outcomes keep the event for ``wait()``: an accepted
+        client is latched by :meth:`_attach`; a refused (or vanished) peer sets ``latched``,
+        so a ``wait()`` after the fd polled readable returns at once, still WAITING."""
         listener = self._listener
         if listener is None:
             return self._sock is not None
@@ -301,8 +352,10 @@ class Channel:
             conn = None  # it vanished
         if conn is not None and self._trusted(conn):
             self._stop_listening()
-            self._attach(conn)
+            self._attach(conn, in_wait)
             return True
+        if not in_wait:
+            self._latched = True
         # Refused (another uid) or gone: advertise again before the refused peer sees EOF.
         self._relisten(listener)
         if conn is not None:
@@ -468,6 +521,10 @@ class Channel:
                     if not self._busy and (self._retired or self._closed):
                         self._idle_cleanup()
             if n > 0:
+                c = self._consumed + n
+                self._consumed = c
+                if c > self._seen and not self._latched:
+                    self._latch()
                 return n
             self._check_open()  # close() from another thread wakes us with EOF
             raise self._gone()
@@ -481,6 +538,10 @@ class Channel:
             self._check_open()
             raise exc
         if n > 0:
+            c = self._consumed + n  # a consumed byte wait() has not seen latches (§5)
+            self._consumed = c
+            if c > self._seen and not self._latched:
+                self._latch()
             return n
         raise self._gone()
 
@@ -519,6 +580,10 @@ class Channel:
                         if not self._busy and (self._retired or self._closed):
                             self._idle_cleanup()
                 if n == size:
+                    c = self._consumed + n
+                    self._consumed = c
+                    if c > self._seen and not self._latched:
+                        self._latch()
                     return n
                 self._check_open()
             else:
@@ -529,8 +594,13 @@ class Channel:
                 except ConnectionResetError:
                     raise self._gone() from None
             if n == size:
+                c = self._consumed + n
+                self._consumed = c
+                if c > self._seen and not self._latched:
+                    self._latch()
                 return n
             if n > 0:
+                self._count(n)
                 stash += buf[:n]
             elif n == 0:
                 raise self._gone()
@@ -547,6 +617,7 @@ class Channel:
                 except ConnectionResetError:
                     n = 0
                 if n > 0:
+                    self._count(n)
                     stash += memoryview(chunk)[:n]
                 eof = n == 0
             if len(stash) >= size:
@@ -597,10 +668,12 @@ class Channel:
         state = self._settle()
         with self._lock:
             if state == WAITING:
+                self._arm()  # not connected yet: _attach applies the request
                 space = 0 if self._pending() else self.write_ring - len(self._overflow)
             elif state == DISCONNECTED:
                 space = 0
             else:
+                self._arm()  # as Xen's buffer_space() requests VCHAN_NOTIFY_READ; then measure
                 space = self._measure_space()
             self._promised = space
             return space
@@ -630,6 +703,8 @@ class Channel:
         if size == 0:
             self._check_open()
             return 0
+        if size > self.write_ring and not self._blocking:
+            size = self.write_ring  # §4: non-blocking, what fits, at most the write ring
         data = data[:size]
         if self._fast_send(data, size):
             return size
@@ -638,8 +713,18 @@ class Channel:
                 if self._ready_to_write():
                     taken = self._take(data, self._promised)
                     self._promised = max(0, self._promised - taken)
+                    if taken < size:
+                        # A short write requests a consumption event, then retries its
+                        # bounded push once: a consumption since the first try shows here.
+                        self._arm()
+                        if not self._blocking and self._state != DISCONNECTED:
+                            more = self._take(data[taken:], self._promised)
+                            self._promised = max(0, self._promised - more)
+                            taken += more
                     break
             if not self._blocking:
+                with self._lock:
+                    self._arm()  # a client still connecting: _attach applies it
                 return 0
             self._wait_connected()
         if taken == size or not self._blocking:
@@ -663,18 +748,24 @@ class Channel:
                 return 0
             self._wait_connected()
         with self._lock:
-            if (self._state == CONNECTED and not self._overflow and size <= self.write_ring
-                    and self._u_est + tsz(size) <= self._w):
-                space = size  # certain without asking the kernel
-            elif self._state == WAITING:
-                space = self.write_ring - len(self._overflow)
-            else:
-                space = max(self._measure_space(), self._promised)
-            if size <= space:
-                taken = self._take(data, space)
-                self._promised = max(0, self._promised - taken)
-                assert taken == size
-                return size
+            for retry in (False, True):
+                if (self._state == CONNECTED and not self._overflow and size <= self.write_ring
+                        and self._u_est + tsz(size) <= self._w):
+                    space = size  # certain without asking the kernel
+                elif self._state == WAITING:
+                    space = self.write_ring - len(self._overflow)
+                else:
+                    space = max(self._measure_space(), self._promised)
+                if size <= space:
+                    taken = self._take(data, space)
+                    self._promised = max(0, self._promised - taken)
+                    assert taken == size
+                    return size
+                # Short of space: request a consumption event; a non-blocking send then
+                # measures once more (a consumption since the first measure shows here).
+                self._arm()
+                if retry or self._blocking or size > self.write_ring:
+                    break
         if not self._blocking:
             return 0
         if size > self.write_ring:
@@ -866,6 +957,67 @@ class Channel:
 
     # ------------------------------------------------------------------------ notification
 
+    def _latch(self) -> None:
+        """A read consumed bytes wait() has not seen (consumed > seen): keep the event."""
+        with self._lock:
+            if not self._latched and not self._closed:
+                self._latch_locked()
+
+    def _latch_locked(self) -> None:
+        """Lock held: keep the fd readable until wait(). EPOLL_CTL_MOD re-polls the item and,
+        EPOLLOUT holding (the writable invariant), queues it; re-done even if EPOLLOUT is
+        already in the mask, since the item may just have been harvested."""
+        self._latched = True
+        sock = self._sock
+        if sock is None:
+            return  # a refused peer on a WAITING server: wait() just does not block
+        try:
+            self._ep.modify(sock.fileno(), _EPOLL_INOUT)
+        except (OSError, ValueError):
+            return
+        self._mask_out = True
+
+    def _arm(self) -> None:
+        """Lock held: request one consumption event (Xen's VCHAN_NOTIFY_READ). The caller
+        measures (or retries its push) after this, so a consumption between the MOD and the
+        harvest shows in what it returns."""
+        if self._armed:
+            return
+        self._armed = True
+        sock = self._sock
+        if sock is None or self._mask_out:
+            return  # not connected yet (_attach applies it), or EPOLLOUT already in the mask
+        fd = sock.fileno()
+        try:
+            self._ep.modify(fd, _EPOLL_INOUT)
+        except (OSError, ValueError):
+            return
+        self._mask_out = True
+        self._harvest(fd)
+
+    def _harvest(self, fd: int) -> None:
+        """Lock held: take the immediate edge of a registration that just added EPOLLOUT;
+        latch if it carried an event wait() has not seen (hang-up, or unseen data)."""
+        for rfd, ev in self._ep.poll(0):
+            if rfd != fd:
+                continue
+            if ev & _EP_GONE:
+                self._latch_locked()
+            elif ev & _EPOLLIN:
+                try:
+                    queued = _unpack_int(_ioctl(fd, _FIONREAD, _ZERO_INT))[0]
+                except OSError:
+                    queued = 1 << 62
+                if self._consumed + queued > self._seen:
+                    self._latch_locked()
+
+    def _count(self, n: int) -> None:
+        """``n`` bytes were taken from the kernel queue (outside the hot paths)."""
+        c = self._consumed + n
+        self._consumed = c
+        if c > self._seen and not self._latched:
+            self._latch()
+
     def fileno(self) -> int:
         self._check_open()
         return self._ep.fileno()
@@ -876,26 +1028,91 @@ class Channel:
             if self._closed:
                 raise _oserror(errno.EBADF, "vchan is closed")
             self._busy += 1
+            tail = self._latched  # step 1: a latched event never blocks
+            self._latched = False
+            sock = self._sock
+            armed = self._armed  # only a request made before the harvest can end in it
+        fd = -1
+        events: list[tuple[int, int]] = []
         try:
-            while True:
+            if tail:
+                pass
+            elif sock is not None:
+                # Step 2. Load consumed before the ioctl: a concurrent read can only make
+                # seen smaller (a spurious event later), never larger (a missed one).
+                fd = sock.fileno()
                 try:
-                    self._ep.poll(-1)
-                except ValueError:
-                    pass  # the epoll object was closed under us
-                with lock:
-                    if self._closed:
-                        raise _oserror(errno.EBADF, "vchan is closed")
-                    if self._state != WAITING or self._pending():
-                        return 0
-                    if self._try_accept():
-                        # The fresh registration reports at once; that is this same event.
-                        self._ep.poll(0)
-                        return 0
+                    self._seen = self._consumed + _unpack_int(
+                        _ioctl(fd, _FIONREAD, _ZERO_INT))[0]
+                    events = self._ep.poll(0)
+                    if not events:
+                        events = self._ep.poll(-1)
+                        tail = True
+                except (OSError, ValueError):
+                    pass  # closed under us: reported below
+            else:
+                tail = self._wait_unconnected()
         finally:
             with lock:
                 self._busy -= 1
-                if not self._busy and (self._retired or self._closed):
+                closed = self._closed
+                if armed and self._armed:
+                    for rfd, ev in events:
+                        # Exactly EPOLLOUT: the requested consumption. With EPOLLIN too it
+                        # cannot tell: stay armed (at worst one spurious event later).
+                        if rfd == fd and ev == _EPOLLOUT:
+                            self._armed = False
+                if self._mask_out and not self._armed:
+                    tail = True
+                if not self._busy and (self._retired or closed):
                     self._idle_cleanup()
+        if closed:
+            raise _oserror(errno.EBADF, "vchan is closed")
+        if tail:
+            self._wait_tail()  # step 3 (it re-checks closed under the lock)
+        return 0
+
+    def _wait_unconnected(self) -> bool:
+        """wait() on a WAITING server or a connecting client; True if step 3 must run."""
+        lock = self._lock
+        while True:
+            try:
+                self._ep.poll(-1)
+            except ValueError:
+                pass  # the epoll object was closed under us
+            with lock:
+                if self._closed:
+                    raise _oserror(errno.EBADF, "vchan is closed")
+                if self._pending():
+                    return False
+                if self._state != WAITING:
+                    # Another call took the client meanwhile (and latched it): that is the
+                    # event this wait() reports, so it clears it.
+                    self._latched = False
+                    return True
+                if self._try_accept(in_wait=True):
+                    return True  # the fresh registration is drained by step 3
+                if self._state != WAITING:
+                    return False  # the path was lost: DISCONNECTED
+
+    def _wait_tail(self) -> None:
+        """Step 3 of wait(): drop EPOLLOUT unless a request or a latch needs it, re-measure
+        seen and harvest what is queued, so the fd is not left readable by our own doing."""
+        with self._lock:
+            sock = self._sock
+            if sock is None or self._closed:
+                return
+            fd = sock.fileno()
+            ep = self._ep
+            try:
+                if self._mask_out and not self._armed and not self._latched:
+                    ep.modify(fd, _EPOLL_IN)
+                    self._mask_out = False
+                self._seen = self._consumed + _unpack_int(_ioctl(fd, _FIONREAD, _ZERO_INT))[0]
+                if not self._latched:  # a concurrent latch keeps its readiness
+                    ep.poll(0)
+            except (OSError, ValueError):
+                pass
 
     def is_open(self) -> int:
         self._check_open()

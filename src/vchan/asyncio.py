@@ -3,8 +3,9 @@
 Everything is driven by the vchan's select fd on the event loop (``loop.add_reader``): no
 thread per channel, no polling loop. The fd is edge-like (only ``wait()`` clears it, and it
 does not stay readable while unread data waits), so each wake-up calls ``wait()`` and then
-reads until nothing is left and writes until ``buffer_space()`` is 0; any later event (data
-arrived, the peer consumed data, the peer left) makes the fd readable again.
+reads until nothing is left and writes until a write falls short; any later event (data
+arrived, the peer left, or the peer consumed data after a write fell short, which is what
+asks for that event) makes the fd readable again.
 
 * :func:`open_client` connects with the asynchronous client init, so it honours
   cancellation, ``asyncio.timeout()`` and ``asyncio.wait_for()``.
@@ -18,7 +19,7 @@ arrived, the peer consumed data, the peer left) makes the fd readable again.
 The reader is an :class:`asyncio.StreamReader`; the writer (:class:`VchanWriter`) has the
 :class:`asyncio.StreamWriter` interface. ``write()`` queues; ``drain()`` waits while more
 than the high-water mark (64 KiB by default) is queued, the queue being moved into the vchan
-whenever ``buffer_space()`` says it fits; it raises :class:`vchan.Disconnected` if the peer
+as far as it fits whenever the vchan has room; it raises :class:`vchan.Disconnected` if the peer
 left before taking queued bytes. The end of the stream (``read()`` returning ``b""``) comes
 after every byte the peer wrote before it closed. A vchan has no half-close, so
 ``can_write_eof()`` is False.
@@ -167,15 +168,18 @@ class VchanTransport(_asyncio.Transport):
         wbuf = self._wbuf
         try:
             while wbuf:
-                space = vc.buffer_space()
-                if space <= 0:
-                    break
-                chunk = wbuf[:space]
+                # A non-blocking write takes what fits; one that falls short (or takes
+                # nothing) asks for the peer's consumption event (SPEC §5), so the fd wakes
+                # us when there is room again. No buffer_space() call: asking while the
+                # write fits would make every peer read wake us.
+                chunk = wbuf[:_CHUNK]
                 try:
                     n = vc.write(chunk)
                 except BlockingIOError:
                     break
                 del wbuf[:n]
+                if n < len(chunk):
+                    break
         except ConnectionError:
             self._peer_gone(vc)
             return

@@ -659,3 +659,95 @@ def test_must_waiting_server_wait_after_connect_polled_then_is_open(api, sockdir
         assert api.libvchan_is_open(srv) == VCHAN_CONNECTED
     finally:
         c.close()
+# ---------------------------------------------------------------------------- consumption
+# SPEC §5 (new): the peer's consumption wakes this end only when it asked, by buffer_space()
+# or a short write; a request is one-shot and a wait() does not cancel it.
+
+
+def _poll_wait_recv(api, h, n: int) -> bytes:
+    assert fd_readable(_fd(api, h), TIMEOUT)
+    assert bounded(api.libvchan_wait, h) == 0
+    assert api.libvchan_data_ready(h) == n
+    buf = bytearray(n)
+    assert api.libvchan_recv(h, buf, n) == n
+    return bytes(buf)
+
+
+def test_must_unasked_peer_reads_not_wake_sender_select_pingpong(api, sockdir):
+    srv, cli = connected_pair(api)
+    settle(api, srv)
+    settle(api, cli)
+    for i in range(20):
+        msg = b"ping%03d" % i
+        assert api.libvchan_send(cli, msg, len(msg)) == len(msg)
+        assert _poll_wait_recv(api, srv, len(msg)) == msg
+        assert not fd_readable(_fd(api, cli), 0.02), f"round {i}: server's read woke client"
+        assert api.libvchan_send(srv, msg, len(msg)) == len(msg)
+        assert _poll_wait_recv(api, cli, len(msg)) == msg
+        assert not fd_readable(_fd(api, srv), 0.02), f"round {i}: client's read woke server"
+
+
+@pytest.mark.parametrize("how", ["short_write", "buffer_space"])
+def test_must_consumption_request_one_shot_survives_wait(api, sockdir, how):
+    srv, cli = connected_pair(api)
+    api.libvchan_set_blocking(srv, False)
+    settle(api, srv)
+    if how == "short_write":
+        accepted = _fill(api, srv)  # the last write took nothing: a request
+    else:
+        accepted = 5
+        assert api.libvchan_send(srv, b"hello", 5) == 5
+        assert api.libvchan_buffer_space(srv) > 0  # a request, though there is room
+    assert not fd_readable(_fd(api, srv), SETTLE)
+    assert api.libvchan_send(cli, b"x", 1) == 1  # an unrelated event, and its wait()
+    assert _poll_wait_recv(api, srv, 1) == b"x"
+    assert not fd_readable(_fd(api, srv), SETTLE)
+    expect = bytes(accepted) if how == "short_write" else b"hello"
+    assert read_exact(api, cli, accepted) == expect
+    assert fd_readable(_fd(api, srv), TIMEOUT), "the wait() in between cancelled the request"
+    assert bounded(api.libvchan_wait, srv) == 0
+    assert api.libvchan_send(srv, b"abc", 3) == 3  # no new request: the next read is silent
+    assert read_exact(api, cli, 3) == b"abc"
+    assert not fd_readable(_fd(api, srv), SETTLE), "a request woke more than once"
+
+
+def test_must_consumption_request_made_while_connecting_kept(api, sockdir):
+    ret = api.libvchan_client_init_async(0, 1)
+    assert ret is not None
+    h, _watch = ret
+    api.libvchan_set_blocking(h, False)
+    assert api.libvchan_buffer_space(h) == 0  # a request, made before the connection
+    srv = api.libvchan_server_init(0, 1, 0, 0)
+    assert bounded(api.libvchan_client_init_async_finish, h, True) == 0
+    settle(api, h)
+    assert api.libvchan_send(h, b"abc", 3) == 3
+    assert not fd_readable(_fd(api, h), SETTLE)
+    wait_until(lambda: api.libvchan_is_open(srv) == VCHAN_CONNECTED)
+    assert read_exact(api, srv, 3) == b"abc"
+    assert fd_readable(_fd(api, h), TIMEOUT), "the request made while connecting was lost"
+
+
+@pytest.mark.parametrize("armed", [False, True])
+def test_must_wait_not_block_after_poll_readable_then_read(api, sockdir, armed):
+    srv, cli = connected_pair(api)
+    settle(api, srv)
+    if armed:
+        api.libvchan_buffer_space(srv)
+    assert api.libvchan_send(cli, b"abcd", 4) == 4
+    assert fd_readable(_fd(api, srv), TIMEOUT)
+    wait_until(lambda: api.libvchan_data_ready(srv) == 4)
+    buf = bytearray(10)
+    assert api.libvchan_read(srv, buf, 10) == 4
+    assert bounded(api.libvchan_wait, srv, timeout=1) == 0
+    assert not fd_readable(_fd(api, srv), SETTLE)
+
+
+def test_must_no_spinning_unread_data_with_request_armed(api, sockdir):
+    srv, cli = connected_pair(api)
+    settle(api, srv)
+    assert api.libvchan_buffer_space(srv) > 0
+    assert api.libvchan_send(cli, b"unread", 6) == 6
+    assert fd_readable(_fd(api, srv), TIMEOUT)
+    assert bounded(api.libvchan_wait, srv) == 0
+    wait_until(lambda: api.libvchan_data_ready(srv) == 6)
+    assert not fd_readable(_fd(api, srv), SETTLE), "fd readable again with nothing new"
