@@ -146,6 +146,7 @@ class Channel:
         self._consumed = 0
         self._seen = 0
         self._armed = False
+        self._rearm = False
         self._latched = False
         self._mask_out = False
         _live.add(self)
@@ -354,8 +355,9 @@ class Channel:
             self._stop_listening()
             self._attach(conn, in_wait)
             return True
-        if not in_wait:
-            self._latched = True
+        # Outside wait() this keeps the event; inside, it makes a wait() that did not
+        # sleep return (the caller saw the fd readable), still WAITING.
+        self._latched = True
         # Refused (another uid) or gone: advertise again before the refused peer sees EOF.
         self._relisten(listener)
         if conn is not None:
@@ -703,21 +705,26 @@ class Channel:
         if size == 0:
             self._check_open()
             return 0
+        asked = size
         if size > self.write_ring and not self._blocking:
             size = self.write_ring  # §4: non-blocking, what fits, at most the write ring
         data = data[:size]
         if self._fast_send(data, size):
+            if size < asked:  # capped at the ring: short, a request (§5)
+                with self._lock:
+                    self._arm()
             return size
         while True:
             with self._lock:
                 if self._ready_to_write():
                     taken = self._take(data, self._promised)
                     self._promised = max(0, self._promised - taken)
-                    if taken < size:
+                    if taken < asked:
                         # A short write requests a consumption event, then retries its
                         # bounded push once: a consumption since the first try shows here.
                         self._arm()
-                        if not self._blocking and self._state != DISCONNECTED:
+                        if (not self._blocking and taken < size
+                                and self._state != DISCONNECTED):
                             more = self._take(data[taken:], self._promised)
                             self._promised = max(0, self._promised - more)
                             taken += more
@@ -982,6 +989,11 @@ class Channel:
         measures (or retries its push) after this, so a consumption between the MOD and the
         harvest shows in what it returns."""
         if self._armed:
+            # The request may have fired (fd readable, no wait() yet): this newer one must
+            # survive the wait() that clears the older. Not readable: one consumption
+            # answers both.
+            if self._ep_readable():
+                self._rearm = True
             return
         self._armed = True
         sock = self._sock
@@ -994,6 +1006,11 @@ class Channel:
             return
         self._mask_out = True
         self._harvest(fd)
+
+    def _ep_readable(self) -> bool:
+        p = select.poll()
+        p.register(self._ep.fileno(), select.POLLIN)
+        return bool(p.poll(0))
 
     def _harvest(self, fd: int) -> None:
         """Lock held: take the immediate edge of a registration that just added EPOLLOUT;
@@ -1056,7 +1073,8 @@ class Channel:
             with lock:
                 self._busy -= 1
                 closed = self._closed
-                if armed and self._armed:
+                rearm, self._rearm = self._rearm, False
+                if armed and self._armed and not rearm:
                     for rfd, ev in events:
                         # Exactly EPOLLOUT: the requested consumption. With EPOLLIN too it
                         # cannot tell: stay armed (at worst one spurious event later).
@@ -1075,9 +1093,12 @@ class Channel:
     def _wait_unconnected(self) -> bool:
         """wait() on a WAITING server or a connecting client; True if step 3 must run."""
         lock = self._lock
+        blocked = False
         while True:
             try:
-                self._ep.poll(-1)
+                if not self._ep.poll(0):
+                    blocked = True
+                    self._ep.poll(-1)
             except ValueError:
                 pass  # the epoll object was closed under us
             with lock:
@@ -1090,10 +1111,18 @@ class Channel:
                     # event this wait() reports, so it clears it.
                     self._latched = False
                     return True
+                self._latched = False
                 if self._try_accept(in_wait=True):
                     return True  # the fresh registration is drained by step 3
                 if self._state != WAITING:
                     return False  # the path was lost: DISCONNECTED
+                if self._latched:
+                    # A refused peer. The fd was readable when wait() was called: the
+                    # caller saw that event, return (SPEC §5). If wait() slept, sleep on:
+                    # qrexec takes a return for "connected".
+                    self._latched = False
+                    if not blocked:
+                        return False
 
     def _wait_tail(self) -> None:
         """Step 3 of wait(): drop EPOLLOUT unless a request or a latch needs it, re-measure
