@@ -2,8 +2,9 @@
 
 Every case runs as two processes (a server and a client, as two vchan "domains") started
 fresh for that case, pinned to one CPU by default, connected through the real socket path in
-a short temporary directory (or, for the raw baseline, through the two ends of a
-``socketpair``). The drivers time themselves with CLOCK_MONOTONIC and report CPU time with
+a short temporary directory (or, for the raw baseline and the plain Python socket, through
+the two ends of a ``socketpair``; for asyncio Unix streams, a listening socket there). The
+drivers time themselves with CLOCK_MONOTONIC and report CPU time with
 ``getrusage(RUSAGE_SELF)`` (all threads); the orchestrator also collects each child's total
 with ``wait4``. See bench/README.md for the method.
 """
@@ -360,7 +361,8 @@ def pinning(split: bool, cpu: int | None, no_pin: bool) -> Pinning:
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m bench",
-        description="vchan benchmarks: raw AF_UNIX socket vs our C library vs pure Python")
+        description="vchan benchmarks: raw AF_UNIX socket vs our C library vs our Python "
+                    "code, and the Python columns vs plain Python over a socket")
     p.add_argument("--smoke", action="store_true",
                    help="tiny sizes, one repetition: checks that every case runs and verifies")
     p.add_argument("--lib", action="append", default=[], metavar="PATH",
