@@ -1,7 +1,9 @@
 """The asyncio cases, over :mod:`vchan.asyncio` streams (``open_server``/``open_client``).
 
 ``run`` is one end of a stream or ping-pong case (called by bench.pydriver, same protocol
-and JSON as the other drivers). An asyncio program is select-driven by construction, so
+and JSON as the other drivers); with ``unix=True`` the very same code runs over asyncio's own
+Unix streams (``start_unix_server`` / ``open_unix_connection``), the anchor of the
+:mod:`vchan.asyncio` column. An asyncio program is select-driven by construction, so
 its ping-pong is reported in the select-driven row. ``busy`` is the scale check: N channel
 pairs, both ends of each in this one event loop, all streaming verified data at once.
 """
@@ -27,19 +29,44 @@ class Fail(Exception):
     pass
 
 
-def run(a: argparse.Namespace, pat: bytes) -> list[dict[str, Any]]:
-    return asyncio.run(_run(a, pat))
+def run(a: argparse.Namespace, pat: bytes, unix: bool = False) -> list[dict[str, Any]]:
+    return asyncio.run(_run(a, pat, unix))
 
 
-async def _run(a: argparse.Namespace, pat: bytes) -> list[dict[str, Any]]:
+async def _open_vchan(a: argparse.Namespace) -> tuple[Any, Any]:
     import vchan.asyncio as va
 
-    plen = len(pat) - 65536
     if a.role == "server":
-        reader, writer = await va.open_server(a.domain, a.port, a.ring, a.ring)
-    else:
-        async with asyncio.timeout(30):
-            reader, writer = await va.open_client(a.domain, a.port)
+        return await va.open_server(a.domain, a.port, a.ring, a.ring)
+    async with asyncio.timeout(30):
+        return await va.open_client(a.domain, a.port)
+
+
+async def _open_unix(a: argparse.Namespace) -> tuple[Any, Any]:
+    """asyncio's Unix streams on a.path: the server takes one connection and stops listening."""
+    async with asyncio.timeout(30):
+        if a.role == "server":
+            got: asyncio.Future[tuple[Any, Any]] = asyncio.get_running_loop().create_future()
+
+            def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                if not got.done():
+                    got.set_result((reader, writer))
+
+            server = await asyncio.start_unix_server(accepted, a.path)
+            try:
+                return await got
+            finally:
+                server.close()  # no more listening; the accepted stream stays open
+        while True:  # the server may not be listening yet
+            try:
+                return await asyncio.open_unix_connection(a.path)
+            except (FileNotFoundError, ConnectionRefusedError):
+                await asyncio.sleep(0.002)
+
+
+async def _run(a: argparse.Namespace, pat: bytes, unix: bool) -> list[dict[str, Any]]:
+    plen = len(pat) - 65536
+    reader, writer = await (_open_unix(a) if unix else _open_vchan(a))
     reps: list[dict[str, Any]] = []
     try:
         if a.case == "stream":

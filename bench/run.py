@@ -2,8 +2,9 @@
 
 Every case runs as two processes (a server and a client, as two vchan "domains") started
 fresh for that case, pinned to one CPU by default, connected through the real socket path in
-a short temporary directory (or, for the raw baseline, through the two ends of a
-``socketpair``). The drivers time themselves with CLOCK_MONOTONIC and report CPU time with
+a short temporary directory (or, for the raw baseline and the plain Python socket, through
+the two ends of a ``socketpair``; for asyncio Unix streams, a listening socket there). The
+drivers time themselves with CLOCK_MONOTONIC and report CPU time with
 ``getrusage(RUSAGE_SELF)`` (all threads); the orchestrator also collects each child's total
 with ``wait4``. See bench/README.md for the method.
 """
@@ -61,10 +62,12 @@ SMOKE = Sizes(totals={64: 256 * KIB, 4 * KIB: 4 * MIB, 64 * KIB: 16 * MIB},
 class Impl:
     key: str
     label: str
-    kind: str  # raw | lib | py | pyasync
+    kind: str  # raw | lib | py | pylib | pyasync | pysock | aiounix
     lib: str | None = None
     skip: str | None = None  # why it cannot run here
     cases: tuple[str, ...] = ("stream", "ping", "pingsel")  # the case kinds it runs
+    group: str = "native"  # native (C and the raw floor) | python: which table shows it
+    anchor: str | None = None  # the column this one is also compared with (Python columns)
 
 
 @dataclass
@@ -126,14 +129,14 @@ def find_clib() -> tuple[str | None, str | None]:
     return None, f"make -C {CLIB_DIR} did not produce {CLIB.name}"
 
 
-def have_asyncio() -> str | None:
-    """None if vchan.asyncio can be imported (in a child, like the drivers), else why not."""
-    proc = subprocess.run([sys.executable, "-c", "import vchan.asyncio"], env=_py_env({}),
+def importable(module: str) -> str | None:
+    """None if ``module`` can be imported (in a child, like the drivers), else why not."""
+    proc = subprocess.run([sys.executable, "-c", f"import {module}"], env=_py_env({}),
                           capture_output=True, text=True, check=False)
     if proc.returncode == 0:
         return None
     last = (proc.stderr.strip().splitlines() or ["import failed"])[-1]
-    return f"vchan.asyncio is not available ({last})"
+    return f"{module} is not available ({last})"
 
 
 def _py_env(extra: dict[str, str]) -> dict[str, str]:
@@ -177,8 +180,17 @@ class CaseRunner:
         if impl.kind == "lib":
             assert impl.lib is not None
             return [str(VBENCH), *common, "--lib", impl.lib, *dom]
+        py = [sys.executable, "-m", "bench.pydriver", *common]
+        if impl.kind == "pysock":
+            return [*py, "--api", "socket", "--fd", str(fd)]
+        if impl.kind == "aiounix":
+            path = os.path.join(self.workdir, f"u{self.port}.sock")
+            return [*py, "--api", "aiounix", "--path", path]
+        if impl.kind == "pylib":
+            assert impl.lib is not None
+            return [*py, "--api", "blocking", "--backend", impl.lib, *dom]
         api = "asyncio" if impl.kind == "pyasync" else "blocking"
-        return [sys.executable, "-m", "bench.pydriver", "--api", api, *common, *dom]
+        return [*py, "--api", api, *dom]
 
     def _spawn(self, argv: list[str], role: str, cpus: set[int] | None, out: str,
                fds: tuple[int, ...]) -> subprocess.Popen[bytes]:
@@ -197,7 +209,7 @@ class CaseRunner:
         """One repetition in a fresh pair of processes: (reports, facts)."""
         self.port += 1
         fds: list[socket.socket] = []
-        if impl.kind == "raw":
+        if impl.kind in ("raw", "pysock"):  # the two ends of a socketpair, one per child
             fds = list(socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM))
         procs: dict[str, subprocess.Popen[bytes]] = {}
         outs = {r: os.path.join(self.workdir, f"{r}.out") for r in ("server", "client")}
@@ -349,7 +361,8 @@ def pinning(split: bool, cpu: int | None, no_pin: bool) -> Pinning:
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m bench",
-        description="vchan benchmarks: raw AF_UNIX socket vs our C library vs pure Python")
+        description="vchan benchmarks: raw AF_UNIX socket vs our C library vs our Python "
+                    "code, and the Python columns vs plain Python over a socket")
     p.add_argument("--smoke", action="store_true",
                    help="tiny sizes, one repetition: checks that every case runs and verifies")
     p.add_argument("--lib", action="append", default=[], metavar="PATH",
@@ -358,7 +371,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-pin", action="store_true", help="let the scheduler place them")
     p.add_argument("--cpu", type=int, help="the CPU to pin both ends to (default: the last)")
     p.add_argument("--reps", type=int, help="repetitions per case (default 5; smoke 1)")
-    p.add_argument("--only", help="comma list of implementations: raw,c,py,pyasync,lib1,...")
+    p.add_argument("--only", help="comma list of implementations: " + ",".join(KEYS)
+                   + ",lib1,... (raw and the anchors of the Python ones always run)")
     p.add_argument("--cases", help="comma list of cases: " + ",".join(c.key for c in CASES))
     p.add_argument("--no-scale", action="store_true", help="skip the scale checks")
     p.add_argument("--out", default=str(RESULTS), help="results directory")
@@ -369,24 +383,42 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+#: the --only names of the built-in columns (plus lib1, lib2, ... for --lib)
+KEYS = ("raw", "rawep", "c", "pysock", "py", "pyc", "aiounix", "pyasync")
+ASYNC_CASES = ("stream", "pingsel")  # asyncio is select-driven by construction
+
+
 def implementations(args: argparse.Namespace) -> list[Impl]:
+    clib, why = find_clib()
+    cffi = importable("cffi")
     impls = [Impl("raw", "raw socket", "raw"),
              # diagnostic: the raw socket with an epoll fd registered on it the way the
-             # libraries do (DESIGN.md: edge-triggered IN|OUT|RDHUP), the design's floor
-             Impl("rawep", "raw+epoll ET", "raw")]
-    clib, why = find_clib()
-    impls.append(Impl("c", "C library", "lib", clib, why))
-    impls.append(Impl("py", "pure Python", "py"))
-    # asyncio is select-driven by construction: its round trip is the select-driven row
-    impls.append(Impl("pyasync", "Python asyncio", "pyasync", skip=have_asyncio(),
-                      cases=("stream", "pingsel")))
+             # libraries now do (DESIGN.md, SPEC §5: edge-triggered IN|RDHUP, no OUT),
+             # the select-driven floor of the notification design
+             Impl("rawep", "raw+epoll", "raw"),
+             Impl("c", "C library", "lib", clib, why)]
     for i, path in enumerate(args.lib, 1):
         p = Path(path).absolute()
         impls.append(Impl(f"lib{i}", p.name, "lib", str(p),
                           None if p.exists() else f"{path} does not exist"))
+    impls += [
+        # the Python columns, each next to its anchor: the same program over a plain socket
+        Impl("pysock", "plain Python socket", "pysock", group="python"),
+        Impl("py", "pure Python", "py", group="python", anchor="pysock"),
+        Impl("pyc", "Python over the C library", "pylib", clib, why or cffi, group="python",
+             anchor="pysock"),
+        Impl("aiounix", "asyncio Unix streams", "aiounix", cases=ASYNC_CASES, group="python"),
+        Impl("pyasync", "vchan.asyncio", "pyasync", skip=importable("vchan.asyncio"),
+             cases=ASYNC_CASES, group="python", anchor="aiounix"),
+    ]
     if args.only:
-        keep = {k.strip() for k in args.only.split(",")}
-        impls = [i for i in impls if i.key in keep or i.key == "raw"]
+        keep = {k.strip() for k in args.only.split(",")} | {"raw"}
+        unknown = keep - {i.key for i in impls}
+        if unknown:
+            raise SystemExit(f"--only: unknown implementation(s) {', '.join(sorted(unknown))}; "
+                             f"known: {', '.join(i.key for i in impls)}")
+        keep |= {i.anchor for i in impls if i.key in keep and i.anchor}
+        impls = [i for i in impls if i.key in keep]
     return impls
 
 
@@ -416,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
                    "ping_warmup": sizes.warmup, "ping_size": 64,
                    "stream_totals": {str(k): v for k, v in sizes.totals.items()}},
         "implementations": {i.key: {"label": i.label, "kind": i.kind, "lib": i.lib,
-                                    "skipped": i.skip,
+                                    "skipped": i.skip, "group": i.group, "anchor": i.anchor,
                                     "cases": [c.key for c in cases if c.kind in i.cases]}
                             for i in impls},
         "results": {i.key: {} for i in impls},
@@ -458,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
                                   data)
                 result["results"][impl.key][case.key] = outcome.data
                 status = "ok" if outcome.ok else "FAILED"
-                print(f"  {case.label:26} {impl.label:16} {status} "
+                print(f"  {case.label:26} {impl.label:26} {status} "
                       f"({facts[impl.key]['wall_s']:.1f} s) {report.brief(case, outcome.data)}",
                       file=sys.stderr)
                 if not outcome.ok:

@@ -118,9 +118,12 @@ static int raw_data_ready(void *h)
 static void raw_close(void *h) { close(*(int *)h); }
 
 /*
- * --epoll: the raw socket with the libraries' notification scheme (DESIGN.md): the select fd
- * is an epoll fd watching the socket edge-triggered for IN|OUT|RDHUP, and wait() consumes
- * its events. A diagnostic: it shows what that scheme costs on a plain socket.
+ * --epoll: the raw socket with the floor of the libraries' notification scheme (DESIGN.md,
+ * SPEC §5: a read wakes a writer only if it asked): the select fd is an epoll fd holding the
+ * socket edge-triggered for EPOLLIN|EPOLLRDHUP only (no EPOLLOUT, so the peer's reads never
+ * wake it), and wait() consumes its events without blocking, as the libraries' wait() does
+ * after poll() said the fd is readable. The select-driven receive is then poll(epfd),
+ * epoll_wait(epfd, 0), FIONREAD, read. A diagnostic: the best our libraries could do.
  */
 static int raw_epfd = -1;
 
@@ -130,7 +133,7 @@ static int rawep_wait(void *h)
     (void)h;
     int r;
     do
-        r = epoll_wait(raw_epfd, ev, 4, -1);
+        r = epoll_wait(raw_epfd, ev, 4, 0);
     while (r < 0 && errno == EINTR);
     return r < 0 ? -1 : 0;
 }
@@ -456,7 +459,7 @@ int main(int argc, char **argv)
         rawfd = fd;
         H = &rawfd;
         if (use_epoll) {
-            struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET};
+            struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | EPOLLET};
             raw_epfd = epoll_create1(EPOLL_CLOEXEC);
             ev.data.fd = fd;
             if (raw_epfd < 0 || epoll_ctl(raw_epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
