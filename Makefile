@@ -12,7 +12,7 @@ all: lib
 lib:
 	$(MAKE) -C libvchan-socket
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml version
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -e '.[test]'
