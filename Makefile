@@ -67,10 +67,12 @@ $(VENV)/.dist: $(VENV)/.installed
 	$(VPY) -m pip install -q -e '.[test,dist]'
 	touch $@
 
-# The sdist and the wheel, in dist/.
+# The sdist and the wheel, in $(DISTDIR). python -m build makes the wheel from the sdist,
+# so a file missing from the sdist breaks the build.
+DISTDIR ?= dist
 dist: $(VENV)/.dist
-	rm -rf dist
-	$(VPY) -m build --outdir dist .
+	rm -f $(DISTDIR)/vchan-*.tar.gz $(DISTDIR)/vchan-*.whl
+	$(VPY) -m build --outdir $(DISTDIR) .
 
 # libvchan-socket1 and libvchan-socket-dev, in $(PKGOUT)/deb/, built in a copy of the tree
 # (dpkg-buildpackage writes its results next to the source directory).
