@@ -61,7 +61,7 @@ RPM_NAME := qubes-libvchan-socket
 # The tree as it is in the working copy: tracked files and new ones not ignored (so no
 # .venv, build outputs or caches). A tracked file deleted locally is skipped with a warning.
 source_tar = git ls-files -z --cached --others --exclude-standard \
-	| tar --null -T - --ignore-failed-read --owner=0 --group=0 --sort=name -c $(1)
+	| tar --null -T - --ignore-failed-read --owner=0 --group=0 --sort=name -c -f - $(1)
 
 $(VENV)/.dist: $(VENV)/.installed
 	$(VPY) -m pip install -q -e '.[test,dist]'
@@ -98,9 +98,17 @@ rpm: rpm_spec/libvchan-socket.spec
 
 # The packaging tests (tests/packaging, not part of `make test`): build the Python, Debian
 # and RPM packages, install and use them. Installs the tools it needs with apt-get (root).
+# A test that installed the .debs and was killed before purging them (its deadline ends the
+# whole run) leaves DEB_MARK behind: they are purged here, pass or fail.
+DEB_MARK := $(P)/debs-installed-by-tests
 test-packages: $(VENV)/.dist
 	./.ci/packaging-tools
-	VCHAN_TEST_PACKAGES=1 $(VPY) -m pytest -q tests/packaging
+	mkdir -p $(P)
+	VCHAN_TEST_PACKAGES=1 VCHAN_TEST_DEB_MARK=$(DEB_MARK) $(VPY) -m pytest -q tests/packaging; \
+	status=$$?; \
+	if [ -e $(DEB_MARK) ]; then dpkg --purge libvchan-socket-dev libvchan-socket1; \
+		rm -f $(DEB_MARK); fi; \
+	exit $$status
 
 clean:
 	-$(MAKE) -C libvchan-socket clean
