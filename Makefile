@@ -5,14 +5,15 @@ VPY := $(VENV)/bin/python
 PREFIX ?= /usr/local
 export PREFIX
 
-.PHONY: all lib demo test lint typecheck pytest test-sanitize install bench soak clean
+.PHONY: all lib demo test lint typecheck pytest test-sanitize install bench soak clean \
+	dist deb rpm test-packages
 
 all: lib
 
 lib:
 	$(MAKE) -C libvchan-socket
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml version
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -e '.[test]'
@@ -51,6 +52,64 @@ SOAK_SECONDS ?= 600
 soak: $(VENV)/.installed lib
 	$(VPY) tests/soak.py --seconds $(SOAK_SECONDS)
 
+# ---- packages. The release version lives in ./version (see README "Installing").
+RELEASE := $(shell cat version)
+# Outputs go here (git-ignored); the tests point it at a temporary directory.
+PKGOUT ?= build-pkg
+P := $(abspath $(PKGOUT))
+RPM_NAME := qubes-libvchan-socket
+# The tree as it is in the working copy: tracked files and new ones not ignored (so no
+# .venv, build outputs or caches). A tracked file deleted locally is skipped with a warning.
+source_tar = git ls-files -z --cached --others --exclude-standard \
+	| tar --null -T - --ignore-failed-read --owner=0 --group=0 --sort=name -c -f - $(1)
+
+$(VENV)/.dist: $(VENV)/.installed
+	$(VPY) -m pip install -q -e '.[test,dist]'
+	touch $@
+
+# The sdist and the wheel, in $(DISTDIR). python -m build makes the wheel from the sdist,
+# so a file missing from the sdist breaks the build.
+DISTDIR ?= dist
+dist: $(VENV)/.dist
+	rm -f $(DISTDIR)/vchan-*.tar.gz $(DISTDIR)/vchan-*.whl
+	$(VPY) -m build --outdir $(DISTDIR) .
+
+# libvchan-socket1 and libvchan-socket-dev, in $(PKGOUT)/deb/, built in a copy of the tree
+# (dpkg-buildpackage writes its results next to the source directory).
+deb:
+	rm -rf $(P)/deb
+	mkdir -p $(P)/deb/libvchan-socket-$(RELEASE)
+	$(call source_tar) | tar -x -C $(P)/deb/libvchan-socket-$(RELEASE)
+	cd $(P)/deb/libvchan-socket-$(RELEASE) && dpkg-buildpackage -us -uc -b
+	rm -rf $(P)/deb/libvchan-socket-$(RELEASE)
+
+rpm_spec/%.spec: rpm_spec/%.spec.in version
+	sed -e 's|@VERSION@|$(RELEASE)|g' $< > $@
+
+# qubes-libvchan-socket and -devel (and the .src.rpm), in $(PKGOUT)/rpm/. On a machine
+# whose rpm database does not know the build tools (Debian), RPMBUILD_FLAGS=--nodeps.
+RPMBUILD_FLAGS ?= $(if $(wildcard /etc/debian_version),--nodeps)
+rpm: rpm_spec/libvchan-socket.spec
+	rm -rf $(P)/rpm
+	mkdir -p $(P)/rpm/SOURCES
+	$(call source_tar,--transform 's|^|$(RPM_NAME)-$(RELEASE)/|' -z) \
+		> $(P)/rpm/SOURCES/$(RPM_NAME)-$(RELEASE).tar.gz
+	rpmbuild --define '_topdir $(P)/rpm' $(RPMBUILD_FLAGS) -ba $<
+
+# The packaging tests (tests/packaging, not part of `make test`): build the Python, Debian
+# and RPM packages, install and use them. Installs the tools it needs with apt-get (root).
+# A test that installed the .debs and was killed before purging them (its deadline ends the
+# whole run) leaves DEB_MARK behind: they are purged here, pass or fail.
+DEB_MARK := $(P)/debs-installed-by-tests
+test-packages: $(VENV)/.dist
+	./.ci/packaging-tools
+	mkdir -p $(P)
+	VCHAN_TEST_PACKAGES=1 VCHAN_TEST_DEB_MARK=$(DEB_MARK) $(VPY) -m pytest -q tests/packaging; \
+	status=$$?; \
+	if [ -e $(DEB_MARK) ]; then dpkg --purge libvchan-socket-dev libvchan-socket1; \
+		rm -f $(DEB_MARK); fi; \
+	exit $$status
+
 clean:
 	-$(MAKE) -C libvchan-socket clean
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist build-pkg rpm_spec/*.spec

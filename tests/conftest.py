@@ -31,6 +31,11 @@ TIMEOUT = float(os.environ.get("VCHAN_TEST_TIMEOUT", "10"))
 #: How long a negative check ("this call is still blocked", "the fd stays unreadable") waits.
 SETTLE = float(os.environ.get("VCHAN_TEST_SETTLE", "0.2"))
 
+#: The packaging tests (tests/packaging) build, install and remove system packages: only
+#: ``make test-packages``, which sets VCHAN_TEST_PACKAGES=1, collects them.
+PACKAGING = os.environ.get("VCHAN_TEST_PACKAGES") == "1"
+collect_ignore = [] if PACKAGING else ["packaging"]
+
 VCHAN_DISCONNECTED = 0
 VCHAN_CONNECTED = 1
 VCHAN_WAITING = 2

@@ -18,11 +18,17 @@ from .exceptions import (
     VchanError,
 )
 
-__version__ = "0.1.0"
+#: The release version (see :mod:`vchan._version`), computed on first use.
+__version__: str
 
 
 def __getattr__(name: str) -> object:
-    """``vchan.asyncio`` is imported on first use (``import vchan.asyncio`` also works)."""
+    """``vchan.asyncio`` is imported on first use (``import vchan.asyncio`` also works), and
+    ``__version__`` is read on first use."""
+    if name == "__version__":
+        from ._version import version
+
+        return version()
     if name == "asyncio":
         import importlib
 

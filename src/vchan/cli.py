@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from . import __version__, _config, _linux
+from . import _config, _linux
 from .channel import State, Vchan, client, server
 from .exceptions import (
     ConnectTimeout,
@@ -157,6 +157,31 @@ def _add_copy_options(p: argparse.ArgumentParser) -> None:
     _add_backend(p)
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: like argparse's own, but the version is looked up only when asked."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(
+            option_strings,
+            dest,
+            nargs=0,
+            default=argparse.SUPPRESS,
+            help="show the version and exit",
+        )
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        from ._version import version
+
+        print(f"{PROG} {version()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -166,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
         "VCHAN_DOMAIN (this side's domain, default 0), VCHAN_BACKEND, "
         "VCHAN_ALLOW_ANY_UID=1 (accept peers of any uid).",
     )
-    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     fmt = argparse.RawDescriptionHelpFormatter
 

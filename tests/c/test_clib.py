@@ -152,6 +152,8 @@ def test_install_layout(installed):
     for pc in ("vchan-socket", "vchan-socket-simple"):
         text = (p / f"lib/pkgconfig/{pc}.pc").read_text()
         assert "@" not in text, text
+        release = (HERE.parents[1] / "version").read_text().strip()
+        assert f"\nVersion: {release}\n" in text, text  # the release, not the ABI number
 
 
 def _pkg_config(prefix: Path, pkg: str) -> list[str]:
