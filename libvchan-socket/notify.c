@@ -290,7 +290,9 @@ VCHAN_API int libvchan_wait(libvchan_t *c)
 			vchan__unlock(&c->nlock);
 			vchan__mark_seen(c, sock);
 		}
-		(void)vchan__epoll_now(c, ev, 4, 0);
+		/* a latch made meanwhile by another thread keeps the readiness it queued */
+		if (!vchan__load(&c->latched))
+			(void)vchan__epoll_now(c, ev, 4, 0);
 	}
 out:
 	vchan__leave(c);
