@@ -24,7 +24,8 @@ class Storm:
     """SIGALRM every millisecond to the process (itimer) and to each registered thread."""
 
     def __init__(self) -> None:
-        self.count = 0
+        self.count = 0  # handler runs: signals landing during one C call coalesce into one
+        self.sent = 0  # signals sent to threads that are moving the stream
         self.targets: list[int] = []
         self._stop = threading.Event()
         self._old = signal.signal(signal.SIGALRM, self._handler)
@@ -40,6 +41,7 @@ class Storm:
             for tid in list(self.targets):
                 try:
                     signal.pthread_kill(tid, signal.SIGALRM)
+                    self.sent += 1
                 except ProcessLookupError:
                     pass
 
@@ -145,7 +147,9 @@ def test_signal_storm_nonblocking_with_wait(api, sockdir):
         assert bg.result(30) > 0
     finally:
         storm.stop()
-    assert storm.count >= 100, f"only {storm.count} signals"
+    # Both pumps sleep in wait() (a C call) most of the time, so their handler runs are few;
+    # what matters is how many signals hit them inside the library.
+    assert storm.sent >= 100, f"only {storm.sent} signals sent to the pumps"
 
 
 def test_signal_storm_during_connect_and_waiting(api, sockdir):
