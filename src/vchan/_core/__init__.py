@@ -49,7 +49,7 @@ import time
 import weakref
 from typing import Final
 
-from . import _config, _linux
+from .. import _config, _linux
 
 DISCONNECTED: Final = 0
 CONNECTED: Final = 1
