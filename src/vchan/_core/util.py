@@ -1,7 +1,7 @@
 """Small helpers, like ``libvchan-socket/util.c``: truesize bounds, errors, peer trust, poll.
 
 The environment and path helpers of util.c (local domain, socket path, VCHAN_ALLOW_ANY_UID)
-are shared with the ctypes back end and live in :mod:`vchan._config`; the Linux system-call
+live in :mod:`vchan._config`, which the cffi back end shares; the Linux system-call
 wrappers in :mod:`vchan._linux`.
 """
 
