@@ -1,0 +1,329 @@
+"""Channel set-up, like ``libvchan-socket/init.c``: the server's listen and accept, the
+client's connect (with its inotify watch and back-off timer), and attaching the connection.
+
+close()'s wake-up (init.c's ``vchan__close_wake``: shut the sockets down, fire the timer,
+unlink the path) is the middle of :meth:`Notify.close <vchan._core.notify.Notify.close>`.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import socket
+import stat
+import time
+from typing import Self
+
+from .. import _config, _linux
+from .internal import (
+    _BACKOFF_FIRST,
+    _BACKOFF_MAX,
+    _EPOLL_IN,
+    _EPOLL_INOUT,
+    CONNECTED,
+    DISCONNECTED,
+    _Channel,
+)
+from .util import _oserror
+
+
+class Init(_Channel):
+    """Set-up: the constructors, connect, accept (init.c)."""
+
+    # ----------------------------------------------------------------------------- creation
+
+    @classmethod
+    def server(cls, domain: int, port: int, read_min: int, write_min: int,
+               allow_any_uid: bool | None = None) -> Self:
+        _config.check_domain(domain)
+        _config.check_port(port)
+        read_ring, write_ring = _config.server_rings(read_min, write_min)
+        path = _config.socket_path(_config.local_domain(), domain, port)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        try:
+            with _linux.directory_lock(os.path.dirname(path) or "."):
+                _claim_path(path)
+                listener.bind(path)
+                try:
+                    st = os.lstat(path)
+                    listener.listen(0)
+                except BaseException:
+                    os.unlink(path)
+                    raise
+        except BaseException:
+            listener.close()
+            raise
+        ch = cls(is_server=True, read_ring=read_ring, write_ring=write_ring, path=path,
+                 allow_any_uid=allow_any_uid)
+        ch._listener = listener
+        ch._bound = (st.st_dev, st.st_ino)
+        ch._ep.register(listener.fileno(), select.EPOLLIN)
+        return ch
+
+    @classmethod
+    def client_start(cls, domain: int, port: int, allow_any_uid: bool | None = None) -> Self:
+        """Begin an asynchronous connection; :meth:`finish` completes it."""
+        _config.check_domain(domain)
+        _config.check_port(port)
+        path = _config.socket_path(domain, _config.local_domain(), port)
+        directory = os.path.dirname(path) or "."
+        ch = cls(is_server=False, read_ring=_config.CLIENT_RING,
+                 write_ring=_config.CLIENT_RING, path=path, allow_any_uid=allow_any_uid)
+        try:
+            with ch._lock:
+                if ch._connect_step():  # the common case: the server is there
+                    return ch
+                # Watch the directory (this fails at once if it is missing), then try again:
+                # a server that appeared between the first attempt and the watch counts too.
+                ch._inotify, ch._watch = _linux.inotify_watch_dir(directory)
+                ch._timer = _linux.timerfd_create()
+                ch._ep.register(ch._inotify, select.EPOLLIN)
+                ch._ep.register(ch._timer, select.EPOLLIN)
+                ch._connect_step()
+        except BaseException:
+            ch.close()
+            raise
+        return ch
+
+    @classmethod
+    def client(cls, domain: int, port: int, timeout: float | None = None,
+               allow_any_uid: bool | None = None) -> Self:
+        ch = cls.client_start(domain, port, allow_any_uid)
+        try:
+            ch.finish(True, timeout)
+        except BaseException:
+            ch.close()
+            raise
+        return ch
+
+    # ---------------------------------------------------------------------- client: connect
+
+    def _connect_step(self) -> bool:
+        """One non-blocking connection attempt (lock held). True once connected."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        try:
+            sock.connect(self.path)
+        except FileNotFoundError:
+            sock.close()
+            return False  # inotify tells us when it appears
+        except (ConnectionRefusedError, BlockingIOError, InterruptedError):
+            # A stale file, a server between bind() and listen(), or a full backlog:
+            # none of these produce an inotify event, so retry on a back-off timer.
+            sock.close()
+            if self._timer >= 0:
+                _linux.timerfd_arm(self._timer, self._backoff)
+                self._backoff = min(self._backoff * 2, _BACKOFF_MAX)
+            return False
+        except BaseException:
+            sock.close()
+            raise
+        if not self._trusted(sock):
+            sock.close()
+            raise _oserror(errno.EACCES, "vchan server runs as an untrusted uid")
+        if self._timer >= 0:
+            self._ep.unregister(self._inotify)
+            _linux.inotify_unwatch(self._inotify, self._watch)  # closed with the channel
+            self._ep.unregister(self._timer)
+            os.close(self._timer)
+            self._timer = -1
+        self._attach(sock)
+        return True
+
+    def finish(self, blocking: bool, timeout: float | None = None) -> int:
+        """Drive an asynchronous client connection: 0 connected, 1 not yet (non-blocking)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._enter()
+        try:
+            while True:
+                with self._lock:
+                    self._check_open()
+                    if self._sock is not None:
+                        return 0
+                    try:
+                        if self._drain_connect_events():
+                            self._backoff = _BACKOFF_FIRST
+                        if self._connect_step():
+                            return 0
+                    except OSError:
+                        self._state = DISCONNECTED
+                        raise
+                if not blocking:
+                    return 1
+                wait_for = -1.0
+                if deadline is not None:
+                    wait_for = deadline - time.monotonic()
+                    if wait_for <= 0:
+                        raise _oserror(errno.ETIMEDOUT, "timed out waiting for the vchan server")
+                self._ep.poll(wait_for)
+        finally:
+            self._leave()
+
+    def _drain_connect_events(self) -> bool:
+        had_event = False
+        for fd in (self._inotify, self._timer):
+            try:
+                while os.read(fd, 4096):
+                    had_event = had_event or fd == self._inotify
+            except BlockingIOError:
+                pass
+        return had_event
+
+    # ------------------------------------------------------------------------------- attach
+
+    def _attach(self, sock: socket.socket, in_wait: bool = False) -> None:
+        """Make ``sock`` the channel's connection (lock held).
+
+        A server that accepts outside :meth:`wait` latches the client-connected event: the
+        registration with ``EPOLLOUT`` queues the item at once (the fresh socket is writable)
+        and it stays queued until ``wait()``. Inside ``wait()`` its step 3 harvests it. A
+        client has no connected event; if it asked for consumption before it was connected,
+        the request is applied here (and the registration's own edge harvested, as arm()
+        does)."""
+        # Blocking at the socket level: a blocking read/recv is then one recv() that sleeps in
+        # the kernel, like a plain socket; every other call passes MSG_DONTWAIT.
+        sock.setblocking(True)
+        want = 4 * self.write_ring + 65536
+        try:
+            if sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < 4 * want:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 2 * want)
+        except OSError:
+            pass  # keep the default; fit(W) bounds what we promise
+        self._w = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 4
+        self._u_est = 0
+        self._sock = sock
+        self._state = CONNECTED
+        fd = sock.fileno()
+        if self.is_server and not in_wait:
+            self._latched = True
+            self._mask_out = True
+            self._ep.register(fd, _EPOLL_INOUT)
+        elif self._armed:
+            self._mask_out = True
+            self._ep.register(fd, _EPOLL_INOUT)
+            if not in_wait:
+                self._harvest(fd)
+        else:
+            self._mask_out = False
+            self._ep.register(fd, _EPOLL_IN)
+
+    # ----------------------------------------------------------------------- server: accept
+
+    def _try_accept(self, in_wait: bool = False) -> bool:
+        """A WAITING server takes its client if one is there (lock held).
+
+        Outside :meth:`wait`, both outcomes keep the event for ``wait()``: an accepted
+        client is latched by :meth:`_attach`; a refused (or vanished) peer sets ``latched``,
+        so a ``wait()`` after the fd polled readable returns at once, still WAITING."""
+        listener = self._listener
+        if listener is None:
+            return self._sock is not None
+        p = select.poll()
+        p.register(listener.fileno(), select.POLLIN)
+        if not p.poll(0):
+            return False
+        # Shut the listener before accepting, so no second client can enter the backlog
+        # between this accept and the close: it gets ECONNREFUSED and waits for a new
+        # server. (listen(fd, 0): the pending connection fills the backlog, so nobody slips
+        # in between poll and shutdown either; accept still dequeues it.)
+        try:
+            listener.shutdown(socket.SHUT_RD)
+            conn: socket.socket | None = listener.accept()[0]
+        except OSError:
+            conn = None  # it vanished
+        if conn is not None and self._trusted(conn):
+            self._stop_listening()
+            self._attach(conn, in_wait)
+            return True
+        # Outside wait() this keeps the event; inside, it makes a wait() that did not
+        # sleep return (the caller saw the fd readable), still WAITING.
+        self._latched = True
+        # Refused (another uid) or gone: advertise again before the refused peer sees EOF.
+        self._relisten(listener)
+        if conn is not None:
+            conn.close()
+        return False
+
+    def _relisten(self, listener: socket.socket) -> None:
+        """Listen again at our path under the same descriptor number (lock held)."""
+        fd = listener.fileno()
+        try:
+            self._ep.unregister(fd)
+        except (OSError, ValueError):
+            pass
+        try:
+            with _linux.directory_lock(os.path.dirname(self.path) or "."):
+                self._unlink_if_ours()
+                _claim_path(self.path)
+                fresh = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+                try:
+                    fresh.bind(self.path)
+                    st = os.lstat(self.path)
+                    fresh.listen(0)
+                    os.dup2(fresh.fileno(), fd, inheritable=False)
+                finally:
+                    fresh.close()
+            self._bound = (st.st_dev, st.st_ino)
+            self._ep.register(fd, select.EPOLLIN)
+        except OSError:
+            # The path was taken meanwhile: this server can never be reached.
+            self._stop_listening()
+            self._state = DISCONNECTED
+
+    def _stop_listening(self) -> None:
+        """Stop advertising (lock held): the first client is the only one (SPEC §2)."""
+        listener, self._listener = self._listener, None
+        if listener is None:
+            return
+        try:
+            self._ep.unregister(listener.fileno())
+        except (OSError, ValueError):
+            pass
+        self._unlink_if_ours()
+        # A thread inside a call may be about to poll this fd: shut it down so any such poll
+        # returns at once, and close it only when nobody is inside a call (no fd reuse race).
+        try:
+            listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        if self._busy:
+            self._retired.append(listener)
+        else:
+            listener.close()
+
+    def _unlink_if_ours(self) -> None:
+        bound, self._bound = self._bound, None
+        if bound is None:
+            return
+        try:
+            st = os.lstat(self.path)
+            if (st.st_dev, st.st_ino) == bound and stat.S_ISSOCK(st.st_mode):
+                os.unlink(self.path)
+        except OSError:
+            pass
+
+    def _await_client(self) -> None:
+        """A WAITING server waits for its client (caller is inside _enter/_leave)."""
+        with self._lock:
+            listener = self._listener
+            fd = -1 if listener is None else listener.fileno()
+        if fd >= 0:
+            self._poll(fd, select.POLLIN)
+        with self._lock:
+            self._check_open()
+            self._try_accept()
+
+
+def _claim_path(path: str) -> None:
+    """Make ``path`` free for bind(): replace a stale socket, refuse anything else."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        kind = "symlink" if stat.S_ISLNK(st.st_mode) else "non-socket file"
+        raise _oserror(errno.EEXIST, f"a {kind} is in the way at {path}; not touching it")
+    if _linux.listening_at(path, or_binding=True):
+        raise _oserror(errno.EADDRINUSE, f"a vchan server is already listening at {path}")
+    os.unlink(path)
+

@@ -1,0 +1,372 @@
+"""Handle lifetime, states and notification, like ``libvchan-socket/notify.c``: the call
+counter and the release of the descriptors, fork safety, the state prologue, the latch and
+the consumption request (arm), wait(), is_open(), set_blocking() and close().
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import socket
+import threading
+
+from .. import _linux
+from .internal import (
+    _EPOLL_IN,
+    _EPOLL_INOUT,
+    _FIONREAD,
+    _ZERO_INT,
+    CONNECTED,
+    DISCONNECTED,
+    WAITING,
+    _Channel,
+    _ioctl,
+    _live,
+    _unpack_int,
+)
+from .util import _oserror
+
+_EPOLLIN = select.EPOLLIN
+_EPOLLOUT = select.EPOLLOUT
+_EP_GONE = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
+
+
+def _after_fork_in_child() -> None:
+    for ch in list(_live):
+        try:
+            ch._forked()
+        except Exception:  # noqa: BLE001 - every channel must still be marked inherited
+            ch._inherited = True
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class Notify(_Channel):
+    """Lifetime, states, notification (notify.c)."""
+
+    # ----------------------------------------------------------------------------- lifetime
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise _oserror(errno.EBADF, "vchan is closed")
+
+    def _enter(self) -> None:
+        with self._lock:
+            self._check_open()
+            self._busy += 1
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._busy -= 1
+            self._idle_cleanup()
+
+    def _idle_cleanup(self) -> None:
+        """Lock held: once no call is in progress, close what was retired (or everything)."""
+        if self._busy:
+            return
+        while self._retired:
+            self._retired.pop().close()
+        if self._closed:
+            self._release_fds()
+
+    def _release_fds(self) -> None:
+        """Close every descriptor (lock held, nobody inside a call)."""
+        for s in (self._sock, self._listener, *self._retired):
+            if s is not None:
+                s.close()
+        self._sock = self._listener = None
+        self._retired.clear()
+        for fd in (self._inotify, self._timer):
+            if fd >= 0:
+                os.close(fd)
+        self._inotify = self._timer = -1
+        self._ep.close()
+        self._overflow = bytearray()  # never resize: views may be alive
+        self._stash = bytearray()
+
+    def _forked(self) -> None:
+        """In a child after fork(): the parent owns the channel; never disturb it."""
+        self._inherited = True
+        self._lock = threading.Lock()
+        self._pusher = None
+        self._busy = 0
+        self._overflow = bytearray()  # never resize: views may be alive
+
+    # ------------------------------------------------------------------------------- states
+
+    def _gone(self) -> OSError:
+        self._state = DISCONNECTED
+        self._overflow = bytearray()  # never resize: views may be alive
+        return _oserror(errno.EPIPE, "vchan peer disconnected")
+
+    def _pending(self) -> bool:
+        """Whether a client-side connection is still being made (async init)."""
+        return self._sock is None and not self.is_server
+
+    def _settle(self) -> int:
+        """Common prologue: the state after taking a waiting client if there is one."""
+        if self._state == WAITING and self.is_server:
+            with self._lock:
+                self._check_open()
+                self._try_accept()
+        return self._state
+
+    def _wait_connected(self) -> None:
+        """Blocking data calls on a channel that is not connected yet wait until it is."""
+        if self._pending():
+            self.finish(True)
+            return
+        self._enter()
+        try:
+            while self._state == WAITING:
+                self._await_client()
+        finally:
+            self._leave()
+
+    # ------------------------------------------------------------------------- notification
+
+    def _latch(self) -> None:
+        """A read consumed bytes wait() has not seen (consumed > seen): keep the event."""
+        with self._lock:
+            if not self._latched and not self._closed:
+                self._latch_locked()
+
+    def _latch_locked(self) -> None:
+        """Lock held: keep the fd readable until wait(). EPOLL_CTL_MOD re-polls the item and,
+        EPOLLOUT holding (the writable invariant), queues it; re-done even if EPOLLOUT is
+        already in the mask, since the item may just have been harvested."""
+        self._latched = True
+        sock = self._sock
+        if sock is None:
+            return  # a refused peer on a WAITING server: wait() just does not block
+        try:
+            self._ep.modify(sock.fileno(), _EPOLL_INOUT)
+        except (OSError, ValueError):
+            return
+        self._mask_out = True
+
+    def _arm(self) -> None:
+        """Lock held: request one consumption event (Xen's VCHAN_NOTIFY_READ). The caller
+        measures (or retries its push) after this, so a consumption between the MOD and the
+        harvest shows in what it returns."""
+        if self._armed:
+            # The request may have fired (fd readable, no wait() yet): this newer one must
+            # survive the wait() that clears the older. Not readable: one consumption
+            # answers both.
+            if self._ep_readable():
+                self._rearm = True
+            return
+        self._armed = True
+        sock = self._sock
+        if sock is None or self._mask_out:
+            return  # not connected yet (_attach applies it), or EPOLLOUT already in the mask
+        fd = sock.fileno()
+        try:
+            self._ep.modify(fd, _EPOLL_INOUT)
+        except (OSError, ValueError):
+            return
+        self._mask_out = True
+        self._harvest(fd)
+
+    def _ep_readable(self) -> bool:
+        p = select.poll()
+        p.register(self._ep.fileno(), select.POLLIN)
+        return bool(p.poll(0))
+
+    def _harvest(self, fd: int) -> None:
+        """Lock held: take the immediate edge of a registration that just added EPOLLOUT;
+        latch if it carried an event wait() has not seen (hang-up, or unseen data)."""
+        for rfd, ev in self._ep.poll(0):
+            if rfd != fd:
+                continue
+            if ev & _EP_GONE:
+                self._latch_locked()
+            elif ev & _EPOLLIN:
+                try:
+                    queued = _unpack_int(_ioctl(fd, _FIONREAD, _ZERO_INT))[0]
+                except OSError:
+                    queued = 1 << 62
+                if self._consumed + queued > self._seen:
+                    self._latch_locked()
+
+    def _count(self, n: int) -> None:
+        """``n`` bytes were taken from the kernel queue (outside the hot paths)."""
+        c = self._consumed + n
+        self._consumed = c
+        if c > self._seen and not self._latched:
+            self._latch()
+
+    def fileno(self) -> int:
+        self._check_open()
+        return self._ep.fileno()
+
+    def wait(self) -> int:
+        lock = self._lock  # _enter() and _leave() inlined: this is every event loop's path
+        with lock:
+            if self._closed:
+                raise _oserror(errno.EBADF, "vchan is closed")
+            self._busy += 1
+            tail = self._latched  # step 1: a latched event never blocks
+            self._latched = False
+            sock = self._sock
+            armed = self._armed  # only a request made before the harvest can end in it
+        fd = -1
+        events: list[tuple[int, int]] = []
+        try:
+            if tail:
+                pass
+            elif sock is not None:
+                # Step 2. Load consumed before the ioctl: a concurrent read can only make
+                # seen smaller (a spurious event later), never larger (a missed one).
+                fd = sock.fileno()
+                try:
+                    self._seen = self._consumed + _unpack_int(
+                        _ioctl(fd, _FIONREAD, _ZERO_INT))[0]
+                    events = self._ep.poll(0)
+                    if not events:
+                        events = self._ep.poll(-1)
+                        tail = True
+                except (OSError, ValueError):
+                    pass  # closed under us: reported below
+            else:
+                tail = self._wait_unconnected()
+        finally:
+            with lock:
+                self._busy -= 1
+                closed = self._closed
+                rearm, self._rearm = self._rearm, False
+                if armed and self._armed and not rearm:
+                    for rfd, ev in events:
+                        # Exactly EPOLLOUT: the requested consumption. With EPOLLIN too it
+                        # cannot tell: stay armed (at worst one spurious event later).
+                        if rfd == fd and ev == _EPOLLOUT:
+                            self._armed = False
+                if self._mask_out and not self._armed:
+                    tail = True
+                if not self._busy and (self._retired or closed):
+                    self._idle_cleanup()
+        if closed:
+            raise _oserror(errno.EBADF, "vchan is closed")
+        if tail:
+            self._wait_tail()  # step 3 (it re-checks closed under the lock)
+        return 0
+
+    def _wait_unconnected(self) -> bool:
+        """wait() on a WAITING server or a connecting client; True if step 3 must run."""
+        lock = self._lock
+        blocked = False
+        while True:
+            try:
+                if not self._ep.poll(0):
+                    blocked = True
+                    self._ep.poll(-1)
+            except ValueError:
+                pass  # the epoll object was closed under us
+            with lock:
+                if self._closed:
+                    raise _oserror(errno.EBADF, "vchan is closed")
+                if self._pending():
+                    return False
+                if self._state != WAITING:
+                    # Another call took the client meanwhile (and latched it): that is the
+                    # event this wait() reports, so it clears it.
+                    self._latched = False
+                    return True
+                self._latched = False
+                if self._try_accept(in_wait=True):
+                    return True  # the fresh registration is drained by step 3
+                if self._state != WAITING:
+                    return False  # the path was lost: DISCONNECTED
+                if self._latched:
+                    # A refused peer. The fd was readable when wait() was called: the
+                    # caller saw that event, return (SPEC §5). If wait() slept, sleep on:
+                    # qrexec takes a return for "connected".
+                    self._latched = False
+                    if not blocked:
+                        return False
+
+    def _wait_tail(self) -> None:
+        """Step 3 of wait(): drop EPOLLOUT unless a request or a latch needs it, re-measure
+        seen and harvest what is queued, so the fd is not left readable by our own doing."""
+        with self._lock:
+            sock = self._sock
+            if sock is None or self._closed:
+                return
+            fd = sock.fileno()
+            ep = self._ep
+            try:
+                if self._mask_out and not self._armed and not self._latched:
+                    ep.modify(fd, _EPOLL_IN)
+                    self._mask_out = False
+                self._seen = self._consumed + _unpack_int(_ioctl(fd, _FIONREAD, _ZERO_INT))[0]
+                if not self._latched:  # a concurrent latch keeps its readiness
+                    ep.poll(0)
+            except (OSError, ValueError):
+                pass
+
+    def is_open(self) -> int:
+        self._check_open()
+        state = self._settle()
+        if state == CONNECTED and self._peer_gone():
+            self._state = DISCONNECTED
+            with self._lock:
+                self._overflow = bytearray()  # never resize: views may be alive
+        return self._state
+
+    def set_blocking(self, blocking: bool) -> None:
+        self._check_open()
+        self._blocking = bool(blocking)
+
+    @property
+    def blocking(self) -> bool:
+        return self._blocking
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def state(self) -> int:
+        return self._state
+
+    # -------------------------------------------------------------------------------- close
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._inherited:
+                self._overflow = bytearray()  # never resize: views may be alive
+                self._busy = 0
+                self._release_fds()
+                return
+            if self._state == WAITING and self.is_server and self._overflow:
+                # A client already in the backlog is connected as far as it knows: take it,
+                # so the early bytes reach it (below) rather than vanish with the listener.
+                self._try_accept()
+            # Wake any thread blocked on our sockets; they see _closed and return EBADF.
+            for s in (self._sock, self._listener):
+                if s is not None:
+                    try:
+                        s.shutdown(socket.SHUT_RD)
+                    except OSError:
+                        pass
+            if self._timer >= 0:
+                _linux.timerfd_arm(self._timer, 1e-9)
+            if self.is_server:
+                self._unlink_if_ours()
+            if self._overflow and self._state == CONNECTED and self._sock is not None:
+                # Notification no longer matters, so the kernel may take the rest beyond W
+                # (it has room up to 4 W): usually no thread has to outlive close().
+                try:
+                    self._flush_overflow(bounded=False)
+                except OSError:
+                    self._overflow = bytearray()  # never resize: views may be alive
+            if self._overflow and self._state == CONNECTED and self._sock is not None:
+                self._handoff = True  # the pusher delivers the rest, then closes the socket
+                self._start_pusher()
+            if self._busy == 0:
+                self._release_fds()
