@@ -48,10 +48,10 @@ PYTHON = "python"
 class Endpoint(Protocol):
     """libvchan semantics; failures raise OSError with an errno (as vchan.channel's)."""
 
-    def read(self, buf: memoryview, size: int) -> int: ...
-    def recv(self, buf: memoryview, size: int) -> int: ...
-    def write(self, data: memoryview, size: int) -> int: ...
-    def send(self, data: memoryview, size: int) -> int: ...
+    def read(self, buf: _core.OutBuf, size: int) -> int: ...
+    def recv(self, buf: _core.OutBuf, size: int) -> int: ...
+    def write(self, data: _core.InBuf, size: int) -> int: ...
+    def send(self, data: _core.InBuf, size: int) -> int: ...
     def wait(self) -> int: ...
     def is_open(self) -> int: ...
     def data_ready(self) -> int: ...
@@ -168,7 +168,7 @@ class CEndpoint:
     def _gone(self) -> bool:
         return self.is_open() == _core.DISCONNECTED
 
-    def read(self, buf: memoryview, size: int) -> int:
+    def read(self, buf: _core.OutBuf, size: int) -> int:
         if self._emulated and size:
             ready = self.data_ready()
             if not ready:
@@ -182,7 +182,7 @@ class CEndpoint:
             size = min(size, ready)
         return self._check(self._lib.libvchan_read(self._handle(), buf, size))
 
-    def recv(self, buf: memoryview, size: int) -> int:
+    def recv(self, buf: _core.OutBuf, size: int) -> int:
         if self._emulated and size and self.data_ready() < size:
             gone = self._gone()
             if self.data_ready() < size:
@@ -191,7 +191,7 @@ class CEndpoint:
                 return 0
         return self._check(self._lib.libvchan_recv(self._handle(), buf, size))
 
-    def write(self, data: memoryview, size: int) -> int:
+    def write(self, data: _core.InBuf, size: int) -> int:
         if self._emulated and size:
             if self._gone():
                 raise OSError(errno.EPIPE, "vchan peer disconnected")
@@ -200,7 +200,7 @@ class CEndpoint:
                 return 0
         return self._check(self._lib.libvchan_write(self._handle(), data, size))
 
-    def send(self, data: memoryview, size: int) -> int:
+    def send(self, data: _core.InBuf, size: int) -> int:
         if self._emulated and size:
             if self._gone():
                 raise OSError(errno.EPIPE, "vchan peer disconnected")

@@ -42,14 +42,22 @@ class Vchan:
         return self._ep
 
     # -- data ----------------------------------------------------------------------------
+    # The hot paths inline _endpoint() and pass bytes/bytearray through as they are (the
+    # engine and the C backend take any contiguous byte buffer): every attribute load and
+    # call here is a cost a plain socket does not pay.
 
     def readinto(self, buf: memoryview | bytearray) -> int:
         """Read up to ``len(buf)`` bytes into ``buf``; 0 at the end of the stream."""
-        view = memoryview(buf).cast("B")
-        if not len(view):
+        ep = self._ep
+        if ep is None:
+            raise ValueError("I/O operation on closed vchan")
+        if type(buf) is not bytearray:
+            buf = memoryview(buf).cast("B")
+        size = len(buf)
+        if not size:
             return 0
         try:
-            n = self._endpoint().read(view, len(view))
+            n = ep.read(buf, size)
         except OSError as exc:
             err = from_oserror(exc)
             if isinstance(err, ConnectionError):
@@ -70,25 +78,34 @@ class Vchan:
 
     def recv(self, size: int) -> bytes:
         """Exactly ``size`` bytes. Raises Disconnected if the peer left fewer than that."""
-        if size < 0:
-            raise ValueError("recv size must not be negative")
+        ep = self._ep
+        if ep is None:
+            raise ValueError("I/O operation on closed vchan")
+        if size <= 0:
+            if size < 0:
+                raise ValueError("recv size must not be negative")
+            return b""
         buf = bytearray(size)
-        if size:
-            try:
-                n = self._endpoint().recv(memoryview(buf), size)
-            except OSError as exc:
-                raise from_oserror(exc) from None
-            if n == 0:
-                raise BlockingIOError(f"fewer than {size} bytes ready on the vchan")
+        try:
+            n = ep.recv(buf, size)
+        except OSError as exc:
+            raise from_oserror(exc) from None
+        if n == 0:
+            raise BlockingIOError(f"fewer than {size} bytes ready on the vchan")
         return bytes(buf)
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         """Write what fits (non-blocking) or everything (blocking); returns the count."""
-        view = memoryview(data).cast("B")
-        if not len(view):
+        ep = self._ep
+        if ep is None:
+            raise ValueError("I/O operation on closed vchan")
+        if type(data) is not bytes and type(data) is not bytearray:
+            data = memoryview(data).cast("B")
+        size = len(data)
+        if not size:
             return 0
         try:
-            n = self._endpoint().write(view, len(view))
+            n = ep.write(data, size)
         except OSError as exc:
             raise from_oserror(exc) from None
         if n == 0:
@@ -97,14 +114,18 @@ class Vchan:
 
     def send(self, data: bytes | bytearray | memoryview) -> None:
         """Write all of ``data`` at once or nothing (at most the write ring)."""
-        view = memoryview(data)
-        if view.format != "B" or view.ndim != 1:
-            view = view.cast("B")
-        size = len(view)
+        ep = self._ep
+        if ep is None:
+            raise ValueError("I/O operation on closed vchan")
+        if type(data) is not bytes and type(data) is not bytearray:
+            data = memoryview(data)
+            if data.format != "B" or data.ndim != 1:
+                data = data.cast("B")
+        size = len(data)
         if not size:
             return
         try:
-            n = self._endpoint().send(view, size)
+            n = ep.send(data, size)
         except OSError as exc:
             raise from_oserror(exc) from None
         if n == 0:
@@ -121,8 +142,11 @@ class Vchan:
 
     def wait(self) -> None:
         """Block until :meth:`fileno` is readable, and clear that readiness."""
+        ep = self._ep
+        if ep is None:
+            raise ValueError("I/O operation on closed vchan")
         try:
-            self._endpoint().wait()
+            ep.wait()
         except OSError as exc:
             raise from_oserror(exc) from None
 
@@ -138,8 +162,11 @@ class Vchan:
         return self.state != State.DISCONNECTED
 
     def data_ready(self) -> int:
+        ep = self._ep
+        if ep is None:
+            raise ValueError("I/O operation on closed vchan")
         try:
-            return self._endpoint().data_ready()
+            return ep.data_ready()
         except OSError as exc:
             raise from_oserror(exc) from None
 

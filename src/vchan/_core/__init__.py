@@ -51,13 +51,15 @@ Theory of operation (the long form is docs/DESIGN.md; the C library follows the 
 from __future__ import annotations
 
 from .init import Init
-from .internal import CONNECTED, DISCONNECTED, WAITING
+from .internal import CONNECTED, DISCONNECTED, WAITING, InBuf, OutBuf
 from .io import IO
 from .notify import Notify
 from .pusher import Pusher
 from .util import Util, fit, tsz
 
-__all__ = ["CONNECTED", "DISCONNECTED", "WAITING", "Channel", "fit", "tsz"]
+__all__ = [
+    "CONNECTED", "DISCONNECTED", "WAITING", "Channel", "InBuf", "OutBuf", "fit", "tsz",
+]
 
 
 class Channel(Init, IO, Notify, Pusher, Util):

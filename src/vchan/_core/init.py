@@ -286,7 +286,7 @@ class Init(_Channel):
             listener.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
-        if self._busy:
+        if self._calls:
             self._retired.append(listener)
         else:
             listener.close()

@@ -12,14 +12,18 @@ change it, and the lifetime counters. It is never held while waiting for the pee
 written) without it: one attribute load or store is atomic under the GIL, as the C library's
 atomics are.
 
-Lifetime. ``_busy`` counts the calls in progress and the pusher thread (the C library's
-``refs`` without the owner's reference, for which ``_closed`` stands): whoever brings it to 0
-once the channel is closed closes the descriptors, so a close() from another thread never
-closes a descriptor a call may still use and no descriptor number is reused meanwhile.
+Lifetime. ``_calls`` holds one entry per call in progress and for the pusher thread (the C
+library's ``refs`` without the owner's reference, for which ``_closed`` stands): whoever empties
+it once the channel is closed closes the descriptors, so a close() from another thread never
+closes a descriptor a call may still use and no descriptor number is reused meanwhile. It is
+a list because ``append`` and ``pop`` are atomic under the GIL: the hot paths enter without
+taking ``_lock`` (append, *then* check ``_closed``; close() sets ``_closed``, *then* checks
+``_calls``: one of the two always sees the other).
 """
 
 from __future__ import annotations
 
+import array
 import fcntl
 import select
 import socket
@@ -29,6 +33,10 @@ import weakref
 from typing import TYPE_CHECKING, Final
 
 from .. import _config, _linux
+
+#: What the data calls take: any contiguous byte buffer (bytes pass through uncopied).
+InBuf = bytes | bytearray | memoryview
+OutBuf = bytearray | memoryview
 
 DISCONNECTED: Final = 0
 CONNECTED: Final = 1
@@ -41,6 +49,16 @@ _FIONREAD = _linux.FIONREAD
 _ioctl = fcntl.ioctl
 _unpack_int = struct.Struct("i").unpack
 _ZERO_INT = b"\0\0\0\0"
+#: FIONREAD's out-parameter: ``_INT0.__copy__()`` filled in place by ioctl (half the cost of
+#: an immutable buffer and an unpack; a copy per call, so threads never share one).
+_INT0 = array.array("i", [0])
+
+
+def _queued(fd: int) -> int:
+    """FIONREAD: the bytes queued for reading on ``fd`` (OSError if it is gone)."""
+    buf = _INT0.__copy__()
+    _ioctl(fd, _FIONREAD, buf, True)
+    return buf[0]
 _BACKOFF_FIRST = 0.001
 _BACKOFF_MAX = 0.1
 
@@ -89,8 +107,8 @@ class _Channel:
     _handoff: bool              # close() left the overflow to the pusher to deliver
 
     # ---- _lock: lifetime ----
-    _busy: int                  # calls in progress plus the pusher
-    _retired: list[socket.socket]  # listeners to close once _busy drops to 0
+    _calls: list[None]          # GIL: one entry per call in progress, and for the pusher
+    _retired: list[socket.socket]  # listeners to close once _calls is empty
 
     # ---- read side (read(), recv(), data_ready(); not under _lock) ----
     _stash: bytearray           # recv()'s bytes taken from the kernel but not yet delivered
@@ -131,7 +149,7 @@ class _Channel:
         self._stash = bytearray()
         self._pusher: threading.Thread | None = None
         self._handoff = False
-        self._busy = 0
+        self._calls: list[None] = []
         self._retired: list[socket.socket] = []
         # Notification (SPEC §5, docs/DESIGN.md "Notification"): bytes taken from the kernel
         # queue; consumed + FIONREAD measured before wait()'s last harvest; a consumption
@@ -166,6 +184,7 @@ class _Channel:
         def _enter(self) -> None: ...
         def _leave(self) -> None: ...
         def _idle_cleanup(self) -> None: ...
+        def _leave_cleanup(self) -> None: ...
         def _forked(self) -> None: ...
         def _gone(self) -> OSError: ...
         def _pending(self) -> bool: ...

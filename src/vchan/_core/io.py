@@ -15,14 +15,15 @@ import socket
 from .. import _linux
 from .internal import (
     _FIONREAD,
+    _INT0,
     _POLL_GONE,
-    _ZERO_INT,
     CONNECTED,
     DISCONNECTED,
     WAITING,
+    InBuf,
+    OutBuf,
     _Channel,
     _ioctl,
-    _unpack_int,
 )
 from .util import _oserror, fit, tsz
 
@@ -38,7 +39,7 @@ class IO(_Channel):
 
     # ------------------------------------------------------------------------------ reading
 
-    def read(self, buf: memoryview, size: int) -> int:
+    def read(self, buf: OutBuf, size: int) -> int:
         if size == 0:
             self._check_open()
             return 0
@@ -56,12 +57,11 @@ class IO(_Channel):
         if sock is None:
             raise self._gone()  # a client whose connection attempt failed
         if self._blocking:
-            lock = self._lock  # _enter() and _leave(), inlined
-            with lock:
+            calls = self._calls  # _enter() and _leave(), inlined
+            calls.append(None)
+            try:
                 if self._closed:
                     raise _oserror(errno.EBADF, "vchan is closed")
-                self._busy += 1
-            try:
                 n = sock.recv_into(buf, size)
             except ConnectionResetError:
                 n = 0
@@ -69,10 +69,9 @@ class IO(_Channel):
                 self._check_open()
                 raise
             finally:
-                with lock:
-                    self._busy -= 1
-                    if not self._busy and (self._retired or self._closed):
-                        self._idle_cleanup()
+                calls.pop()
+                if self._closed or self._retired:
+                    self._leave_cleanup()
             if n > 0:
                 c = self._consumed + n
                 self._consumed = c
@@ -98,7 +97,7 @@ class IO(_Channel):
             return n
         raise self._gone()
 
-    def recv(self, buf: memoryview, size: int) -> int:
+    def recv(self, buf: OutBuf, size: int) -> int:
         if size == 0:
             self._check_open()
             return 0
@@ -116,22 +115,20 @@ class IO(_Channel):
                 # One recv() that sleeps in the kernel until all `size` bytes are there; it
                 # returns fewer only if the peer left (or a signal or close() came).
                 # _enter() and _leave(), inlined: this is every blocking recv's path.
-                lock = self._lock
-                with lock:
+                calls = self._calls
+                calls.append(None)
+                try:
                     if self._closed:
                         raise _oserror(errno.EBADF, "vchan is closed")
-                    self._busy += 1
-                try:
                     n = sock.recv_into(buf, size, _WAITALL)
                 except (BlockingIOError, InterruptedError):
                     n = -1
                 except ConnectionResetError:
                     n = 0
                 finally:
-                    with lock:
-                        self._busy -= 1
-                        if not self._busy and (self._retired or self._closed):
-                            self._idle_cleanup()
+                    calls.pop()
+                    if self._closed or self._retired:
+                        self._leave_cleanup()
                 if n == size:
                     c = self._consumed + n
                     self._consumed = c
@@ -207,12 +204,14 @@ class IO(_Channel):
         sock = self._sock
         if sock is None:
             return 0
-        queued = len(self._stash)
+        buf = _INT0.__copy__()  # _queued(), inlined
         try:
-            queued += _unpack_int(_ioctl(sock.fileno(), _FIONREAD, _ZERO_INT))[0]
+            _ioctl(sock.fileno(), _FIONREAD, buf, True)
         except OSError:
             self._check_open()
-        return min(self.read_ring, queued)
+        queued = buf[0] + len(self._stash)
+        ring = self.read_ring
+        return queued if queued < ring else ring
 
     # ------------------------------------------------------------------------------ writing
 
@@ -252,19 +251,21 @@ class IO(_Channel):
             self._try_accept()
         return not self._pending()
 
-    def write(self, data: memoryview, size: int) -> int:
+    def write(self, data: InBuf, size: int) -> int:
         if size == 0:
             self._check_open()
             return 0
         asked = size
         if size > self.write_ring and not self._blocking:
             size = self.write_ring  # §4: non-blocking, what fits, at most the write ring
-        data = data[:size]
+        if len(data) != size:
+            data = memoryview(data)[:size]
         if self._fast_send(data, size):
             if size < asked:  # capped at the ring: short, a request (§5)
                 with self._lock:
                     self._arm()
             return size
+        data = memoryview(data)  # slices below must not copy
         while True:
             with self._lock:
                 if self._ready_to_write():
@@ -287,17 +288,18 @@ class IO(_Channel):
             self._wait_connected()
         if taken == size or not self._blocking:
             return taken
-        self._write_waiting(data[taken:])
+        self._write_waiting(memoryview(data)[taken:])
         return size
 
-    def send(self, data: memoryview, size: int) -> int:
+    def send(self, data: InBuf, size: int) -> int:
         if size == 0:
             self._check_open()
             return 0
         if len(data) != size:
-            data = data[:size]
+            data = memoryview(data)[:size]
         if size <= self.write_ring and self._fast_send(data, size):
             return size
+        data = memoryview(data)  # slices below must not copy
         while True:
             with self._lock:
                 if self._ready_to_write():
@@ -331,31 +333,45 @@ class IO(_Channel):
         self._write_waiting(data)
         return size
 
-    def _fast_send(self, data: memoryview, size: int) -> bool:
-        """The common case in one step: connected, nothing queued, and room below W."""
-        with self._lock:
-            if self._state != CONNECTED or self._overflow or self._closed:
-                return False
-            u = self._u_est + size + 2560 + 1024 * (size >> 15)  # tsz(size), inlined
-            if u > self._w:
-                return False
+    def _fast_send(self, data: InBuf, size: int) -> bool:
+        """The common case in one step: connected, nothing queued, and room below W.
+
+        No lock (it would cost a plain socket's send again): the GIL makes each load and
+        store atomic, the call registers in ``_calls`` like any other, and what a concurrent
+        writer can do is bounded: it can make ``_u_est`` low by one write (an estimate, which
+        is re-measured whenever it says a write might not fit) or have its bytes queued in
+        the overflow after ours (concurrent calls have no order)."""
+        if self._state != CONNECTED or self._overflow:
+            return False
+        u = self._u_est + size + 2560 + 1024 * (size >> 15)  # tsz(size), inlined
+        if u > self._w:
+            return False
+        calls = self._calls
+        calls.append(None)
+        try:
+            if self._closed:
+                return False  # the slow path reports it
             sock = self._sock
             assert sock is not None
-            try:
-                k = sock.send(data, _SEND_FLAGS)
-            except (BlockingIOError, InterruptedError):
-                k = 0
-            except (BrokenPipeError, ConnectionResetError):
-                raise self._gone() from None
-            self._u_est = u
-            if k < size:
-                # Unexpected (the bound says it fits), but the bytes were as good as
-                # promised: queue them behind for the pusher.
+            k = sock.send(data, _SEND_FLAGS)
+        except (BlockingIOError, InterruptedError):
+            k = 0
+        except (BrokenPipeError, ConnectionResetError):
+            raise self._gone() from None
+        finally:
+            calls.pop()
+            if self._closed or self._retired:
+                self._leave_cleanup()
+        self._u_est = u
+        if k < size:
+            # Unexpected (the bound says it fits), but the bytes were as good as promised:
+            # queue them behind for the pusher.
+            with self._lock:
                 self._overflow += data[k:]
                 self._start_pusher()
-            if self._promised:
-                self._promised = max(0, self._promised - size)
-            return True
+        if self._promised:
+            self._promised = max(0, self._promised - size)
+        return True
 
     def _take(self, data: memoryview, allowance: int) -> int:
         """Accept what can be accepted without waiting (lock held)."""

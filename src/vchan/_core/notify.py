@@ -16,14 +16,14 @@ from .internal import (
     _EPOLL_IN,
     _EPOLL_INOUT,
     _FIONREAD,
-    _ZERO_INT,
+    _INT0,
     CONNECTED,
     DISCONNECTED,
     WAITING,
     _Channel,
     _ioctl,
     _live,
-    _unpack_int,
+    _queued,
 )
 from .util import _oserror
 
@@ -53,18 +53,24 @@ class Notify(_Channel):
             raise _oserror(errno.EBADF, "vchan is closed")
 
     def _enter(self) -> None:
-        with self._lock:
-            self._check_open()
-            self._busy += 1
+        self._calls.append(None)
+        if self._closed:
+            self._leave()
+            raise _oserror(errno.EBADF, "vchan is closed")
 
     def _leave(self) -> None:
+        self._calls.pop()
+        if self._closed or self._retired:
+            self._leave_cleanup()
+
+    def _leave_cleanup(self) -> None:
+        """After a call left, closed or with listeners retired: clean up if it was the last."""
         with self._lock:
-            self._busy -= 1
             self._idle_cleanup()
 
     def _idle_cleanup(self) -> None:
         """Lock held: once no call is in progress, close what was retired (or everything)."""
-        if self._busy:
+        if self._calls:
             return
         while self._retired:
             self._retired.pop().close()
@@ -91,7 +97,7 @@ class Notify(_Channel):
         self._inherited = True
         self._lock = threading.Lock()
         self._pusher = None
-        self._busy = 0
+        self._calls = []
         self._overflow = bytearray()  # never resize: views may be alive
 
     # ------------------------------------------------------------------------------- states
@@ -185,7 +191,7 @@ class Notify(_Channel):
                 self._latch_locked()
             elif ev & _EPOLLIN:
                 try:
-                    queued = _unpack_int(_ioctl(fd, _FIONREAD, _ZERO_INT))[0]
+                    queued = _queued(fd)
                 except OSError:
                     queued = 1 << 62
                 if self._consumed + queued > self._seen:
@@ -203,27 +209,29 @@ class Notify(_Channel):
         return self._ep.fileno()
 
     def wait(self) -> int:
-        lock = self._lock  # _enter() and _leave() inlined: this is every event loop's path
-        with lock:
-            if self._closed:
-                raise _oserror(errno.EBADF, "vchan is closed")
-            self._busy += 1
-            tail = self._latched  # step 1: a latched event never blocks
-            self._latched = False
-            sock = self._sock
-            armed = self._armed  # only a request made before the harvest can end in it
+        # _enter() and _leave() inlined, and no lock on the common path: this is every event
+        # loop's path. Step 1: a latched event never blocks.
+        calls = self._calls
+        calls.append(None)
         fd = -1
         events: list[tuple[int, int]] = []
         try:
+            if self._closed:
+                raise _oserror(errno.EBADF, "vchan is closed")
+            armed = self._armed  # only a request made before the harvest can end in it
+            tail = self._latched
+            sock = self._sock
             if tail:
-                pass
+                self._latched = False
             elif sock is not None:
                 # Step 2. Load consumed before the ioctl: a concurrent read can only make
                 # seen smaller (a spurious event later), never larger (a missed one).
                 fd = sock.fileno()
+                consumed = self._consumed
+                buf = _INT0.__copy__()
                 try:
-                    self._seen = self._consumed + _unpack_int(
-                        _ioctl(fd, _FIONREAD, _ZERO_INT))[0]
+                    _ioctl(fd, _FIONREAD, buf, True)
+                    self._seen = consumed + buf[0]
                     events = self._ep.poll(0)
                     if not events:
                         events = self._ep.poll(-1)
@@ -232,22 +240,22 @@ class Notify(_Channel):
                     pass  # closed under us: reported below
             else:
                 tail = self._wait_unconnected()
+            if armed and events:
+                with self._lock:
+                    rearm, self._rearm = self._rearm, False
+                    if self._armed and not rearm:
+                        for rfd, ev in events:
+                            # Exactly EPOLLOUT: the requested consumption. With EPOLLIN too
+                            # it cannot tell: stay armed (at worst one spurious event later).
+                            if rfd == fd and ev == _EPOLLOUT:
+                                self._armed = False
+            if self._mask_out and not self._armed:
+                tail = True
         finally:
-            with lock:
-                self._busy -= 1
-                closed = self._closed
-                rearm, self._rearm = self._rearm, False
-                if armed and self._armed and not rearm:
-                    for rfd, ev in events:
-                        # Exactly EPOLLOUT: the requested consumption. With EPOLLIN too it
-                        # cannot tell: stay armed (at worst one spurious event later).
-                        if rfd == fd and ev == _EPOLLOUT:
-                            self._armed = False
-                if self._mask_out and not self._armed:
-                    tail = True
-                if not self._busy and (self._retired or closed):
-                    self._idle_cleanup()
-        if closed:
+            calls.pop()
+            if self._closed or self._retired:
+                self._leave_cleanup()
+        if self._closed:
             raise _oserror(errno.EBADF, "vchan is closed")
         if tail:
             self._wait_tail()  # step 3 (it re-checks closed under the lock)
@@ -300,7 +308,7 @@ class Notify(_Channel):
                 if self._mask_out and not self._armed and not self._latched:
                     ep.modify(fd, _EPOLL_IN)
                     self._mask_out = False
-                self._seen = self._consumed + _unpack_int(_ioctl(fd, _FIONREAD, _ZERO_INT))[0]
+                self._seen = self._consumed + _queued(fd)
                 if not self._latched:  # a concurrent latch keeps its readiness
                     ep.poll(0)
             except (OSError, ValueError):
@@ -340,7 +348,7 @@ class Notify(_Channel):
             self._closed = True
             if self._inherited:
                 self._overflow = bytearray()  # never resize: views may be alive
-                self._busy = 0
+                self._calls.clear()
                 self._release_fds()
                 return
             if self._state == WAITING and self.is_server and self._overflow:
@@ -368,5 +376,5 @@ class Notify(_Channel):
             if self._overflow and self._state == CONNECTED and self._sock is not None:
                 self._handoff = True  # the pusher delivers the rest, then closes the socket
                 self._start_pusher()
-            if self._busy == 0:
+            if not self._calls:
                 self._release_fds()

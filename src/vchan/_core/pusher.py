@@ -2,7 +2,7 @@
 bytes with no call from the writer.
 
 It exists only while the overflow holds bytes (or a WAITING server holds early writes), and
-counts in ``_busy``, so after close() it keeps the connection open until the bytes are
+counts in ``_calls``, so after close() it keeps the connection open until the bytes are
 delivered or the peer is gone.
 """
 
@@ -22,7 +22,7 @@ class Pusher(_Channel):
 
     def _start_pusher(self) -> None:
         if self._pusher is None:
-            self._busy += 1
+            self._calls.append(None)
             self._pusher = threading.Thread(target=self._pusher_main, name="vchan-pusher",
                                             daemon=True)
             self._pusher.start()
@@ -67,5 +67,5 @@ class Pusher(_Channel):
                 pep.close()
             with self._lock:
                 self._pusher = None
-                self._busy -= 1
+                self._calls.pop()
                 self._idle_cleanup()
