@@ -196,7 +196,7 @@ static size_t vchan__measure_space(struct libvchan *c)
  * kernel takes what it can, beyond W if need be, and we sleep on POLLOUT when it is full;
  * then the invariant U <= W is restored before returning. 0 or -1.
  */
-static int vchan__write_waiting(struct libvchan *c, const char *p, size_t n, bool bound)
+static int vchan__write_waiting(struct libvchan *c, const char *p, size_t n)
 {
 	size_t pos = 0;
 	int r, st;
@@ -223,12 +223,8 @@ static int vchan__write_waiting(struct libvchan *c, const char *p, size_t n, boo
 			else
 				pos += (size_t)k;
 		}
-		/*
-		 * Done: like a plain socket's send, a blocking write returns once the kernel
-		 * holds its bytes, also above W; a send (`bound`: all-or-nothing against
-		 * buffer_space()) first waits until U <= W (DESIGN.md, "the invariant").
-		 */
-		if (r == 0 && pos == n && !c->ovf_len && (!bound || c->u_est <= c->w)) {
+		/* done, and certainly below W: no need to wait for the invariant */
+		if (r == 0 && pos == n && !c->ovf_len && c->u_est <= c->w) {
 			vchan__unlock(&c->wlock);
 			return 0;
 		}
@@ -334,12 +330,14 @@ VCHAN_API int libvchan_write(libvchan_t *c, const void *data, size_t size)
 	if (blocking && st == VCHAN_CONNECTED && !c->ovf_len &&
 	    (c->u_est + vchan__tsz(n) <= c->w || !c->promised)) {
 		/*
-		 * Blocking, nothing queued, no promise to keep: everything goes to the kernel,
-		 * as on a plain socket: one send(), and the waiting regime for what it did not
-		 * take (no bounded partial send first). Bytes promised by buffer_space() take
-		 * the path below, which queues what the kernel will not take instead of waiting.
+		 * Blocking, nothing queued, no promise to keep: everything goes to the kernel.
+		 * One send() if it fits below W, else the waiting regime (no bounded partial
+		 * send first). Bytes promised by buffer_space() take the path below, which
+		 * queues what the kernel will not take instead of waiting.
 		 */
-		taken = vchan__sendk(c, p, n); /* what the kernel takes, up to SO_SNDBUF */
+		taken = 0;
+		if (c->u_est + vchan__tsz(n) <= c->w || vchan__tsz(n) <= vchan__room_raw(c))
+			taken = vchan__sendk(c, p, n);
 		vchan__spend_promise(c, n);
 	} else {
 		taken = vchan__take(c, st, p, n, c->promised);
@@ -363,7 +361,7 @@ VCHAN_API int libvchan_write(libvchan_t *c, const void *data, size_t size)
 	}
 	vchan__unlock(&c->wlock);
 	if (taken >= 0 && blocking && (size_t)taken < n &&
-	    vchan__write_waiting(c, p + taken, n - (size_t)taken, false) < 0)
+	    vchan__write_waiting(c, p + taken, n - (size_t)taken) < 0)
 		taken = -1;
 	else if (taken >= 0 && blocking)
 		taken = (ssize_t)n;
@@ -435,12 +433,12 @@ VCHAN_API int libvchan_send(libvchan_t *c, const void *data, size_t size)
 		taken = -1;
 		if (size > c->write_ring)
 			errno = EMSGSIZE;
-		else if (vchan__write_waiting(c, p, size, true) == 0)
+		else if (vchan__write_waiting(c, p, size) == 0)
 			taken = (ssize_t)size;
 	}
 	if (r == 1 && taken >= 0 && (size_t)taken < size) {
 		/* the space was honest, so everything was taken; finish in the (rare) other case */
-		if (vchan__write_waiting(c, p + taken, size - (size_t)taken, true) < 0)
+		if (vchan__write_waiting(c, p + taken, size - (size_t)taken) < 0)
 			taken = -1;
 		else
 			taken = (ssize_t)size;

@@ -260,16 +260,7 @@ class IO(_Channel):
             size = self.write_ring  # §4: non-blocking, what fits, at most the write ring
         if len(data) != size:
             data = memoryview(data)[:size]
-        if self._blocking and not self._promised:
-            # Blocking, no promise to keep: like a plain socket, the kernel takes what it can
-            # (up to SO_SNDBUF, beyond W) and we sleep only when it is full.
-            k = self._fast_send(data, size, unbounded=True)
-            if k == size:
-                return size
-            if k >= 0:
-                self._write_waiting(memoryview(data)[k:])
-                return size
-        elif self._fast_send(data, size) == size:
+        if self._fast_send(data, size):
             if size < asked:  # capped at the ring: short, a request (§5)
                 with self._lock:
                     self._arm()
@@ -280,12 +271,12 @@ class IO(_Channel):
                 if self._ready_to_write():
                     taken = self._take(data, self._promised)
                     self._promised = max(0, self._promised - taken)
-                    if taken < asked and not self._blocking:
+                    if taken < asked:
                         # A short write requests a consumption event, then retries its
                         # bounded push once: a consumption since the first try shows here.
-                        # (A blocking one asks when it has to wait: _write_waiting.)
                         self._arm()
-                        if taken < size and self._state != DISCONNECTED:
+                        if (not self._blocking and taken < size
+                                and self._state != DISCONNECTED):
                             more = self._take(data[taken:], self._promised)
                             self._promised = max(0, self._promised - more)
                             taken += more
@@ -306,7 +297,7 @@ class IO(_Channel):
             return 0
         if len(data) != size:
             data = memoryview(data)[:size]
-        if size <= self.write_ring and self._fast_send(data, size) == size:
+        if size <= self.write_ring and self._fast_send(data, size):
             return size
         data = memoryview(data)  # slices below must not copy
         while True:
@@ -339,15 +330,11 @@ class IO(_Channel):
             return 0
         if size > self.write_ring:
             raise _oserror(errno.EMSGSIZE, f"send of {size} bytes exceeds the write ring")
-        self._write_waiting(data, bound=True)
+        self._write_waiting(data)
         return size
 
-    def _fast_send(self, data: InBuf, size: int, unbounded: bool = False) -> int:
-        """The common case in one step: connected, nothing queued, and room below W (or,
-        ``unbounded``, for a blocking write with no promise to keep: whatever the kernel takes,
-        up to SO_SNDBUF, as a plain socket's send). Returns the bytes sent, or -1 if the
-        fast path does not apply. Bounded, all ``size`` bytes are accepted: the bound says
-        they fit, and should the kernel take fewer, the rest is queued for the pusher.
+    def _fast_send(self, data: InBuf, size: int) -> bool:
+        """The common case in one step: connected, nothing queued, and room below W.
 
         No lock (it would cost a plain socket's send again): the GIL makes each load and
         store atomic, the call registers in ``_calls`` like any other, and what a concurrent
@@ -355,15 +342,15 @@ class IO(_Channel):
         is re-measured whenever it says a write might not fit) or have its bytes queued in
         the overflow after ours (concurrent calls have no order)."""
         if self._state != CONNECTED or self._overflow:
-            return -1
+            return False
         u = self._u_est + size + 2560 + 1024 * (size >> 15)  # tsz(size), inlined
-        if u > self._w and not unbounded:
-            return -1
+        if u > self._w:
+            return False
         calls = self._calls
         calls.append(None)
         try:
             if self._closed:
-                return -1  # the slow path reports it
+                return False  # the slow path reports it
             sock = self._sock
             assert sock is not None
             k = sock.send(data, _SEND_FLAGS)
@@ -375,19 +362,16 @@ class IO(_Channel):
             calls.pop()
             if self._closed or self._retired:
                 self._leave_cleanup()
+        self._u_est = u
         if k < size:
-            if unbounded:
-                self._u_est = _UNKNOWN_U
-                return k
             # Unexpected (the bound says it fits), but the bytes were as good as promised:
             # queue them behind for the pusher.
             with self._lock:
                 self._overflow += data[k:]
                 self._start_pusher()
-        self._u_est = u
         if self._promised:
             self._promised = max(0, self._promised - size)
-        return size
+        return True
 
     def _take(self, data: memoryview, allowance: int) -> int:
         """Accept what can be accepted without waiting (lock held)."""
@@ -446,20 +430,18 @@ class IO(_Channel):
                 return
             del overflow[:k]
 
-    def _write_waiting(self, rest: memoryview, bound: bool = False) -> None:
+    def _write_waiting(self, rest: memoryview) -> None:
         """The blocking remainder of a write: wait for the kernel like a plain socket."""
         pos = 0
-        revents = 0
         self._enter()
         try:
             while pos < len(rest):
                 if self._state == WAITING:
-                    with self._lock:
-                        self._arm()  # a write that has to wait asks for the consumption event
                     self._await_client()
                     continue
                 sock = self._sock
                 assert sock is not None
+                revents = self._poll(sock.fileno(), select.POLLOUT | _linux.POLLRDHUP)
                 with self._lock:
                     self._check_open()
                     if revents & _POLL_GONE or self._state == DISCONNECTED:
@@ -468,19 +450,12 @@ class IO(_Channel):
                     if not self._overflow:
                         pos += self._send(rest[pos:])
                     self._u_est = _UNKNOWN_U
-                    if pos == len(rest):
-                        break
-                    self._arm()  # a write that has to wait asks for the consumption event
-                revents = self._poll(sock.fileno(), select.POLLOUT | _linux.POLLRDHUP)
-            # Like a plain socket's send, a blocking write returns once the kernel holds its
-            # bytes, also above W; a send (`bound`: all-or-nothing against buffer_space())
-            # first waits until U <= W (DESIGN.md, "the invariant").
-            if bound and self._u_est > self._w:
-                sock = self._sock
-                assert sock is not None
-                self._poll(sock.fileno(), select.POLLOUT | _linux.POLLRDHUP)
-                with self._lock:
-                    if self._u_est == _UNKNOWN_U:
-                        self._u_est = self._w
+            # Restore the writable invariant before handing control back.
+            sock = self._sock
+            assert sock is not None
+            self._poll(sock.fileno(), select.POLLOUT | _linux.POLLRDHUP)
+            with self._lock:
+                if self._u_est == _UNKNOWN_U:
+                    self._u_est = self._w
         finally:
             self._leave()
