@@ -266,17 +266,33 @@ class IO(_Channel):
                     self._arm()
             return size
         data = memoryview(data)  # slices below must not copy
+        if (self._blocking and self._state == CONNECTED and not self._overflow
+                and not self._promised):
+            # Blocking, nothing queued, no promise to keep: one send of it whole if it fits
+            # below W by a fresh SIOCOUTQ, else the waiting regime, which sends it whole too
+            # (no bounded partial send first), as the C library does.
+            with self._lock:
+                sock = self._sock
+                if sock is not None:
+                    try:
+                        self._u_est = _linux.ioctl_int(sock, _linux.SIOCOUTQ)
+                    except OSError:
+                        pass
+            if self._fast_send(data, size):
+                return size
+            self._write_waiting(data)
+            return size
         while True:
             with self._lock:
                 if self._ready_to_write():
                     taken = self._take(data, self._promised)
                     self._promised = max(0, self._promised - taken)
-                    if taken < asked:
+                    if taken < asked and not self._blocking:
                         # A short write requests a consumption event, then retries its
                         # bounded push once: a consumption since the first try shows here.
+                        # (A blocking one asks when it has to wait: _write_waiting.)
                         self._arm()
-                        if (not self._blocking and taken < size
-                                and self._state != DISCONNECTED):
+                        if taken < size and self._state != DISCONNECTED:
                             more = self._take(data[taken:], self._promised)
                             self._promised = max(0, self._promised - more)
                             taken += more
@@ -433,16 +449,19 @@ class IO(_Channel):
     def _write_waiting(self, rest: memoryview) -> None:
         """The blocking remainder of a write: wait for the kernel like a plain socket."""
         pos = 0
+        revents = 0
         self._enter()
         try:
             while pos < len(rest):
                 if self._state == WAITING:
+                    with self._lock:
+                        self._arm()  # a write that has to wait asks for the consumption event
                     self._await_client()
                     continue
                 sock = self._sock
                 assert sock is not None
-                revents = self._poll(sock.fileno(), select.POLLOUT | _linux.POLLRDHUP)
                 with self._lock:
+                    # Send first, wait after: the kernel takes bytes up to SO_SNDBUF.
                     self._check_open()
                     if revents & _POLL_GONE or self._state == DISCONNECTED:
                         raise self._gone()
@@ -450,10 +469,19 @@ class IO(_Channel):
                     if not self._overflow:
                         pos += self._send(rest[pos:])
                     self._u_est = _UNKNOWN_U
-            # Restore the writable invariant before handing control back.
+                    if pos == len(rest):
+                        break
+                    self._arm()  # a write that has to wait asks for the consumption event
+                revents = self._poll(sock.fileno(), select.POLLOUT | _linux.POLLRDHUP)
+            # Restore the writable invariant before handing control back (waiting for it is
+            # waiting for the peer: a request, as in the loop).
             sock = self._sock
             assert sock is not None
-            self._poll(sock.fileno(), select.POLLOUT | _linux.POLLRDHUP)
+            events = select.POLLOUT | _linux.POLLRDHUP
+            if not self._poll(sock.fileno(), events, 0):
+                with self._lock:
+                    self._arm()
+                self._poll(sock.fileno(), events)
             with self._lock:
                 if self._u_est == _UNKNOWN_U:
                     self._u_est = self._w
