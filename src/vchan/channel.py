@@ -20,6 +20,9 @@ class State(enum.IntEnum):
     WAITING = _core.WAITING
 
 
+_STATES = {int(s): s for s in State}  # a dict lookup: State(value) costs an enum call
+
+
 class Vchan:
     """One end of a vchan: a byte stream with libvchan's flow control and notification.
 
@@ -37,19 +40,26 @@ class Vchan:
         self.write_ring = write_ring
 
     def _endpoint(self) -> Endpoint:
-        if self._ep is None:
-            raise ValueError("I/O operation on closed vchan")
-        return self._ep
+        ep = self._ep
+        if ep is None:
+            raise _closed()
+        return ep
 
     # -- data ----------------------------------------------------------------------------
 
     def readinto(self, buf: memoryview | bytearray) -> int:
         """Read up to ``len(buf)`` bytes into ``buf``; 0 at the end of the stream."""
-        view = memoryview(buf).cast("B")
-        if not len(view):
+        view = memoryview(buf)
+        if view.format != "B" or view.ndim != 1 or not view.c_contiguous:
+            view = view.cast("B")
+        size = len(view)
+        if not size:
             return 0
+        ep = self._ep
+        if ep is None:
+            raise _closed()
         try:
-            n = self._endpoint().read(view, len(view))
+            n = ep.read(view, size)
         except OSError as exc:
             err = from_oserror(exc)
             if isinstance(err, ConnectionError):
@@ -74,8 +84,11 @@ class Vchan:
             raise ValueError("recv size must not be negative")
         buf = bytearray(size)
         if size:
+            ep = self._ep
+            if ep is None:
+                raise _closed()
             try:
-                n = self._endpoint().recv(memoryview(buf), size)
+                n = ep.recv(memoryview(buf), size)
             except OSError as exc:
                 raise from_oserror(exc) from None
             if n == 0:
@@ -84,11 +97,17 @@ class Vchan:
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         """Write what fits (non-blocking) or everything (blocking); returns the count."""
-        view = memoryview(data).cast("B")
-        if not len(view):
+        view = memoryview(data)
+        if view.format != "B" or view.ndim != 1 or not view.c_contiguous:
+            view = view.cast("B")
+        size = len(view)
+        if not size:
             return 0
+        ep = self._ep
+        if ep is None:
+            raise _closed()
         try:
-            n = self._endpoint().write(view, len(view))
+            n = ep.write(view, size)
         except OSError as exc:
             raise from_oserror(exc) from None
         if n == 0:
@@ -98,13 +117,16 @@ class Vchan:
     def send(self, data: bytes | bytearray | memoryview) -> None:
         """Write all of ``data`` at once or nothing (at most the write ring)."""
         view = memoryview(data)
-        if view.format != "B" or view.ndim != 1:
+        if view.format != "B" or view.ndim != 1 or not view.c_contiguous:
             view = view.cast("B")
         size = len(view)
         if not size:
             return
+        ep = self._ep
+        if ep is None:
+            raise _closed()
         try:
-            n = self._endpoint().send(view, size)
+            n = ep.send(view, size)
         except OSError as exc:
             raise from_oserror(exc) from None
         if n == 0:
@@ -121,8 +143,11 @@ class Vchan:
 
     def wait(self) -> None:
         """Block until :meth:`fileno` is readable, and clear that readiness."""
+        ep = self._ep
+        if ep is None:
+            raise _closed()
         try:
-            self._endpoint().wait()
+            ep.wait()
         except OSError as exc:
             raise from_oserror(exc) from None
 
@@ -132,19 +157,36 @@ class Vchan:
 
     @property
     def state(self) -> State:
-        return State(self._call(lambda ep: ep.is_open()))
+        ep = self._ep
+        if ep is None:
+            raise _closed()
+        try:
+            value = ep.is_open()
+        except OSError as exc:
+            raise from_oserror(exc) from None
+        state = _STATES.get(value)
+        return State(value) if state is None else state  # ValueError: not a state
 
     def is_open(self) -> bool:
         return self.state != State.DISCONNECTED
 
     def data_ready(self) -> int:
+        ep = self._ep
+        if ep is None:
+            raise _closed()
         try:
-            return self._endpoint().data_ready()
+            return ep.data_ready()
         except OSError as exc:
             raise from_oserror(exc) from None
 
     def buffer_space(self) -> int:
-        return self._call(lambda ep: ep.buffer_space())
+        ep = self._ep
+        if ep is None:
+            raise _closed()
+        try:
+            return ep.buffer_space()
+        except OSError as exc:
+            raise from_oserror(exc) from None
 
     def set_blocking(self, flag: bool) -> None:
         self._call(lambda ep: ep.set_blocking(bool(flag)) or 0)
@@ -179,6 +221,10 @@ class Vchan:
         except (OSError, ValueError):
             state = "?"
         return f"<Vchan fd={self.fileno()} {state}>"
+
+
+def _closed() -> ValueError:
+    return ValueError("I/O operation on closed vchan")
 
 
 def server(domain: int, port: int, read_min: int = 65536, write_min: int = 65536, *,
