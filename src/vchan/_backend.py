@@ -142,6 +142,14 @@ class CEndpoint:
     -1 (or NULL) from the library becomes ``OSError(errno)``; use after :meth:`close`
     raises ``OSError(EBADF)`` instead of handing a freed handle to the library.
 
+    The data and state calls go straight to the C functions (``lib.raw``, a
+    :class:`vchan._cffi.RawCalls`) with no generic argument checks: the handle is ours
+    and known good, the buffer is converted once per call (``from_buffer``) and the size
+    bounded by it (C never reads or writes outside the buffer); errno is read only when a
+    call fails. The library keeps a handle's memory alive while a call on it is in
+    progress, so a :meth:`close` from another thread makes blocked calls fail with EBADF
+    (as its ``libvchan.h`` promises) rather than free memory in use.
+
     Libraries without ``libvchan_set_blocking`` (the reference libvchan-socket has none)
     get non-blocking mode emulated the way qrexec works: read and write only what
     ``data_ready()`` and ``buffer_space()`` report, so the library's blocking calls never
@@ -152,14 +160,34 @@ class CEndpoint:
         self._lib = lib
         self._h: Any = handle
         self._emulated = False  # non-blocking mode emulated over a blocking-only library
+        raw = lib.raw
+        self._from_buffer = raw.from_buffer
+        self._char_array = raw.char_array
+        self._get_errno = raw.get_errno
+        self._c_read = raw.read
+        self._c_recv = raw.recv
+        self._c_write = raw.write
+        self._c_send = raw.send
+        self._c_wait = raw.wait
+        self._c_is_open = raw.is_open
+        self._c_data_ready = raw.data_ready
+        self._c_buffer_space = raw.buffer_space
+        self._c_fd_for_select = raw.fd_for_select
+        self._c_close = raw.close
 
     def _handle(self) -> Any:
         h = self._h
         if h is None:
-            raise OSError(errno.EBADF, "vchan is closed")
+            raise _closed()
         return h
 
+    def _error(self) -> OSError:
+        """The OSError of the C call that just failed in this thread."""
+        code = self._get_errno() or errno.EIO
+        return OSError(code, os.strerror(code))
+
     def _check(self, ret: int) -> int:
+        """For calls made through the checked :class:`vchan._cffi.CLibvchan` methods."""
         if ret < 0:
             code = self._lib.last_errno() or errno.EIO
             raise OSError(code, os.strerror(code))
@@ -180,7 +208,16 @@ class CEndpoint:
                         raise OSError(errno.EPIPE, "vchan peer disconnected")
                     return 0
             size = min(size, ready)
-        return self._check(self._lib.libvchan_read(self._handle(), buf, size))
+        h = self._h
+        if h is None:
+            raise _closed()
+        cbuf = self._from_buffer(self._char_array, buf, True)
+        if not 0 <= size <= len(cbuf):
+            raise _bad_size(size, len(cbuf))
+        ret: int = self._c_read(h, cbuf, size)
+        if ret < 0:
+            raise self._error()
+        return ret
 
     def recv(self, buf: _core.OutBuf, size: int) -> int:
         if self._emulated and size and self.data_ready() < size:
@@ -189,7 +226,16 @@ class CEndpoint:
                 if gone:
                     raise OSError(errno.EPIPE, "vchan peer disconnected")
                 return 0
-        return self._check(self._lib.libvchan_recv(self._handle(), buf, size))
+        h = self._h
+        if h is None:
+            raise _closed()
+        cbuf = self._from_buffer(self._char_array, buf, True)
+        if not 0 <= size <= len(cbuf):
+            raise _bad_size(size, len(cbuf))
+        ret: int = self._c_recv(h, cbuf, size)
+        if ret < 0:
+            raise self._error()
+        return ret
 
     def write(self, data: _core.InBuf, size: int) -> int:
         if self._emulated and size:
@@ -198,7 +244,16 @@ class CEndpoint:
             size = min(size, self.buffer_space())
             if not size:
                 return 0
-        return self._check(self._lib.libvchan_write(self._handle(), data, size))
+        h = self._h
+        if h is None:
+            raise _closed()
+        cbuf = self._from_buffer(self._char_array, data, False)
+        if not 0 <= size <= len(cbuf):
+            raise _bad_size(size, len(cbuf))
+        ret: int = self._c_write(h, cbuf, size)
+        if ret < 0:
+            raise self._error()
+        return ret
 
     def send(self, data: _core.InBuf, size: int) -> int:
         if self._emulated and size:
@@ -206,19 +261,52 @@ class CEndpoint:
                 raise OSError(errno.EPIPE, "vchan peer disconnected")
             if self.buffer_space() < size:
                 return 0
-        return self._check(self._lib.libvchan_send(self._handle(), data, size))
+        h = self._h
+        if h is None:
+            raise _closed()
+        cbuf = self._from_buffer(self._char_array, data, False)
+        if not 0 <= size <= len(cbuf):
+            raise _bad_size(size, len(cbuf))
+        ret: int = self._c_send(h, cbuf, size)
+        if ret < 0:
+            raise self._error()
+        return ret
 
     def wait(self) -> int:
-        return self._check(self._lib.libvchan_wait(self._handle()))
+        h = self._h
+        if h is None:
+            raise _closed()
+        ret: int = self._c_wait(h)
+        if ret < 0:
+            raise self._error()
+        return ret
 
     def is_open(self) -> int:
-        return self._check(self._lib.libvchan_is_open(self._handle()))
+        h = self._h
+        if h is None:
+            raise _closed()
+        ret: int = self._c_is_open(h)
+        if ret < 0:
+            raise self._error()
+        return ret
 
     def data_ready(self) -> int:
-        return self._check(self._lib.libvchan_data_ready(self._handle()))
+        h = self._h
+        if h is None:
+            raise _closed()
+        ret: int = self._c_data_ready(h)
+        if ret < 0:
+            raise self._error()
+        return ret
 
     def buffer_space(self) -> int:
-        return self._check(self._lib.libvchan_buffer_space(self._handle()))
+        h = self._h
+        if h is None:
+            raise _closed()
+        ret: int = self._c_buffer_space(h)
+        if ret < 0:
+            raise self._error()
+        return ret
 
     def set_blocking(self, blocking: bool) -> None:
         handle = self._handle()
@@ -232,12 +320,24 @@ class CEndpoint:
         self._emulated = not blocking
 
     def fileno(self) -> int:
-        return self._check(self._lib.libvchan_fd_for_select(self._handle()))
+        ret: int = self._c_fd_for_select(self._handle())
+        if ret < 0:
+            raise self._error()
+        return ret
 
     def close(self) -> None:
         h, self._h = self._h, None
         if h is not None:
-            self._lib.libvchan_close(h)
+            self._c_close(h)
+
+
+def _closed() -> OSError:
+    return OSError(errno.EBADF, "vchan is closed")
+
+
+def _bad_size(size: int, length: int) -> OSError:
+    """A size C must not be given: it would reach outside the buffer."""
+    return OSError(errno.EINVAL, f"size {size} is not within the buffer's {length} bytes")
 
 
 class _CPending:

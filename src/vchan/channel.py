@@ -20,6 +20,9 @@ class State(enum.IntEnum):
     WAITING = _core.WAITING
 
 
+_STATES = {int(s): s for s in State}  # a dict lookup: State(value) costs an enum call
+
+
 class Vchan:
     """One end of a vchan: a byte stream with libvchan's flow control and notification.
 
@@ -37,27 +40,31 @@ class Vchan:
         self.write_ring = write_ring
 
     def _endpoint(self) -> Endpoint:
-        if self._ep is None:
-            raise ValueError("I/O operation on closed vchan")
-        return self._ep
+        ep = self._ep
+        if ep is None:
+            raise _closed()
+        return ep
 
     # -- data ----------------------------------------------------------------------------
-    # The hot paths inline _endpoint() and pass bytes/bytearray through as they are (the
-    # engine and the C backend take any contiguous byte buffer): every attribute load and
-    # call here is a cost a plain socket does not pay.
+    # The hot paths read self._ep inline and pass bytes/bytearray through as they are (both
+    # backends take any contiguous byte buffer): every attribute load and call here is a
+    # cost a plain socket does not pay.
 
     def readinto(self, buf: memoryview | bytearray) -> int:
         """Read up to ``len(buf)`` bytes into ``buf``; 0 at the end of the stream."""
-        ep = self._ep
-        if ep is None:
-            raise ValueError("I/O operation on closed vchan")
-        if type(buf) is not bytearray:
-            buf = memoryview(buf).cast("B")
-        size = len(buf)
+        view: memoryview | bytearray = buf
+        if type(buf) is not bytearray:  # a bytearray passes through (no view to make)
+            view = memoryview(buf)
+            if view.format != "B" or view.ndim != 1 or not view.c_contiguous:
+                view = view.cast("B")
+        size = len(view)
         if not size:
             return 0
+        ep = self._ep
+        if ep is None:
+            raise _closed()
         try:
-            n = ep.read(buf, size)
+            n = ep.read(view, size)
         except OSError as exc:
             err = from_oserror(exc)
             if isinstance(err, ConnectionError):
@@ -78,34 +85,36 @@ class Vchan:
 
     def recv(self, size: int) -> bytes:
         """Exactly ``size`` bytes. Raises Disconnected if the peer left fewer than that."""
-        ep = self._ep
-        if ep is None:
-            raise ValueError("I/O operation on closed vchan")
-        if size <= 0:
-            if size < 0:
-                raise ValueError("recv size must not be negative")
-            return b""
+        if size < 0:
+            raise ValueError("recv size must not be negative")
         buf = bytearray(size)
-        try:
-            n = ep.recv(buf, size)
-        except OSError as exc:
-            raise from_oserror(exc) from None
-        if n == 0:
-            raise BlockingIOError(f"fewer than {size} bytes ready on the vchan")
+        if size:
+            ep = self._ep
+            if ep is None:
+                raise _closed()
+            try:
+                n = ep.recv(buf, size)
+            except OSError as exc:
+                raise from_oserror(exc) from None
+            if n == 0:
+                raise BlockingIOError(f"fewer than {size} bytes ready on the vchan")
         return bytes(buf)
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         """Write what fits (non-blocking) or everything (blocking); returns the count."""
-        ep = self._ep
-        if ep is None:
-            raise ValueError("I/O operation on closed vchan")
-        if type(data) is not bytes and type(data) is not bytearray:
-            data = memoryview(data).cast("B")
-        size = len(data)
+        view: bytes | bytearray | memoryview = data
+        if type(data) is not bytes and type(data) is not bytearray:  # these pass through
+            view = memoryview(data)
+            if view.format != "B" or view.ndim != 1 or not view.c_contiguous:
+                view = view.cast("B")
+        size = len(view)
         if not size:
             return 0
+        ep = self._ep
+        if ep is None:
+            raise _closed()
         try:
-            n = ep.write(data, size)
+            n = ep.write(view, size)
         except OSError as exc:
             raise from_oserror(exc) from None
         if n == 0:
@@ -114,18 +123,19 @@ class Vchan:
 
     def send(self, data: bytes | bytearray | memoryview) -> None:
         """Write all of ``data`` at once or nothing (at most the write ring)."""
-        ep = self._ep
-        if ep is None:
-            raise ValueError("I/O operation on closed vchan")
-        if type(data) is not bytes and type(data) is not bytearray:
-            data = memoryview(data)
-            if data.format != "B" or data.ndim != 1:
-                data = data.cast("B")
-        size = len(data)
+        view: bytes | bytearray | memoryview = data
+        if type(data) is not bytes and type(data) is not bytearray:  # these pass through
+            view = memoryview(data)
+            if view.format != "B" or view.ndim != 1 or not view.c_contiguous:
+                view = view.cast("B")
+        size = len(view)
         if not size:
             return
+        ep = self._ep
+        if ep is None:
+            raise _closed()
         try:
-            n = ep.send(data, size)
+            n = ep.send(view, size)
         except OSError as exc:
             raise from_oserror(exc) from None
         if n == 0:
@@ -144,7 +154,7 @@ class Vchan:
         """Block until :meth:`fileno` is readable, and clear that readiness."""
         ep = self._ep
         if ep is None:
-            raise ValueError("I/O operation on closed vchan")
+            raise _closed()
         try:
             ep.wait()
         except OSError as exc:
@@ -156,7 +166,15 @@ class Vchan:
 
     @property
     def state(self) -> State:
-        return State(self._call(lambda ep: ep.is_open()))
+        ep = self._ep
+        if ep is None:
+            raise _closed()
+        try:
+            value = ep.is_open()
+        except OSError as exc:
+            raise from_oserror(exc) from None
+        state = _STATES.get(value)
+        return State(value) if state is None else state  # ValueError: not a state
 
     def is_open(self) -> bool:
         return self.state != State.DISCONNECTED
@@ -164,14 +182,20 @@ class Vchan:
     def data_ready(self) -> int:
         ep = self._ep
         if ep is None:
-            raise ValueError("I/O operation on closed vchan")
+            raise _closed()
         try:
             return ep.data_ready()
         except OSError as exc:
             raise from_oserror(exc) from None
 
     def buffer_space(self) -> int:
-        return self._call(lambda ep: ep.buffer_space())
+        ep = self._ep
+        if ep is None:
+            raise _closed()
+        try:
+            return ep.buffer_space()
+        except OSError as exc:
+            raise from_oserror(exc) from None
 
     def set_blocking(self, flag: bool) -> None:
         self._call(lambda ep: ep.set_blocking(bool(flag)) or 0)
@@ -206,6 +230,10 @@ class Vchan:
         except (OSError, ValueError):
             state = "?"
         return f"<Vchan fd={self.fileno()} {state}>"
+
+
+def _closed() -> ValueError:
+    return ValueError("I/O operation on closed vchan")
 
 
 def server(domain: int, port: int, read_min: int = 65536, write_min: int = 65536, *,
