@@ -53,6 +53,10 @@ __all__ = [
 DEFAULT_LIMIT = 2**16
 _CHUNK = 65536
 #: errnos of a read or write that found the peer gone.
+#: Writes smaller than this coalesce (see VchanTransport.write).
+_SMALL = 16384
+#: An empty write queue keeps its memory up to this size.
+_KEEP = 1 << 20
 _GONE = frozenset({_errno.EPIPE, _errno.ECONNRESET})
 
 
@@ -109,7 +113,13 @@ class VchanTransport(_asyncio.Transport):
         self._wcap = vc.write_ring or _CHUNK
         # Every read takes all the ring holds at once, into this one buffer.
         self._rbuf = memoryview(bytearray(vc.read_ring or _CHUNK))
+        # The write queue: bytes [_wpos, _wend) of _wbuf. _wbuf is only ever written by
+        # equal-length slice assignment or replaced (never resized), so a lingering view of
+        # it (an exception's frames) cannot make a later write fail; and a steady stream
+        # reuses the same memory instead of reallocating it batch after batch.
         self._wbuf = bytearray()
+        self._wpos = 0
+        self._wend = 0
         self._high = DEFAULT_LIMIT
         self._low = DEFAULT_LIMIT // 4
         self._write_paused = False
@@ -117,6 +127,11 @@ class VchanTransport(_asyncio.Transport):
         self._eof = False
         self._closing = False
         self._scheduled = False
+        # Small writes: the first one since our last callback goes straight into the vchan
+        # (a reply costs no loop iteration); further ones coalesce in the queue until a
+        # flush that runs before the loop next sleeps (one engine write per batch).
+        self._wrote = False
+        self._flush_soon = False
         #: Why queued bytes were dropped (the peer left, or written after close).
         self.write_error: Exception | None = None
         loop.call_soon(protocol.connection_made, self)
@@ -142,6 +157,7 @@ class VchanTransport(_asyncio.Transport):
         """The select fd polled readable (the event loop's reader callback)."""
         if self._vc is None:
             return
+        self._wrote = False
         try:
             # It polled readable, so wait() does not block (and nothing since can have
             # cleared it: only wait() clears it, and only this callback calls wait()).
@@ -155,7 +171,7 @@ class VchanTransport(_asyncio.Transport):
         self._scheduled = False
         if self._vc is None:
             return
-        if self._wbuf and not self._flush():
+        if self._wend and not self._flush():
             return
         if not self._closing:
             if not self._read_paused:
@@ -169,7 +185,17 @@ class VchanTransport(_asyncio.Transport):
                     return
                 if gone:
                     self._peer_gone()
-        if self._closing and not self._wbuf:
+        if self._closing and not self._wend:
+            self._shutdown(None)
+
+    def _deferred_flush(self) -> None:
+        """Move coalesced small writes in (scheduled by write(), so it runs before the loop
+        sleeps: queued output never waits without a short write having asked for room)."""
+        self._flush_soon = False
+        self._wrote = False
+        if self._vc is None or not self._wend or not self._flush():
+            return
+        if self._closing and not self._wend:
             self._shutdown(None)
 
     def _pull(self) -> None:
@@ -213,34 +239,60 @@ class VchanTransport(_asyncio.Transport):
     def _flush(self) -> bool:
         """Move queued output into the vchan until a write falls short (that asks for the
         consumption event) or nothing is left; False if the transport closed."""
-        wbuf = self._wbuf
         write = self._ep_write
         cap = self._wcap
+        pos, end = self._wpos, self._wend
         err: BaseException | None = None
-        while wbuf:
-            size = len(wbuf)
-            if size > cap:
-                size = cap
-            try:
-                with memoryview(wbuf) as view:
-                    n = write(view, size)
-            except (OSError, ValueError) as exc:
-                err = exc
-                break
-            if n:
-                del wbuf[:n]
-            if n < size:
-                break
+        with memoryview(self._wbuf) as view:
+            while pos < end:
+                size = end - pos
+                if size > cap:
+                    size = cap
+                try:
+                    n = write(view[pos:], size)
+                except (OSError, ValueError) as exc:
+                    err = exc
+                    break
+                pos += n
+                if n < size:
+                    break
+        if pos == end:
+            pos = end = 0
+            if len(self._wbuf) > _KEEP:
+                self._wbuf = bytearray()  # after a burst, give the memory back
+        self._wpos, self._wend = pos, end
         if err is not None:
             if isinstance(err, OSError) and err.errno in _GONE:
                 self._peer_gone()
             else:
                 self._fatal(err)
             return False
-        if self._write_paused and len(wbuf) <= self._low:
+        if self._write_paused and end - pos <= self._low:
             self._write_paused = False
             self._protocol.resume_writing()
         return self._vc is not None
+
+    def _queue(self, view: memoryview) -> None:
+        """Append to the write queue (moving it to a larger buffer when it does not fit)."""
+        n = len(view)
+        pos, end = self._wpos, self._wend
+        wbuf = self._wbuf
+        if end + n > len(wbuf):
+            keep = end - pos
+            new = bytearray(max(2 * (keep + n), _CHUNK))
+            new[:keep] = memoryview(wbuf)[pos:end]
+            self._wbuf = wbuf = new
+            pos, end = 0, keep
+            self._wpos = 0
+        wbuf[end : end + n] = view
+        self._wend = end + n
+
+    def _drop_queue(self) -> int:
+        """Empty the write queue (a new buffer: a view of the old may be alive); its size."""
+        queued = self._wend - self._wpos
+        self._wbuf = bytearray()
+        self._wpos = self._wend = 0
+        return queued
 
     def _peer_gone(self) -> None:
         """The peer left: deliver what it sent, then the end of stream, then close."""
@@ -260,12 +312,11 @@ class VchanTransport(_asyncio.Transport):
             protocol.eof_received()
         self._eof = True
         exc: Exception | None = None
-        if self._wbuf:
+        if self._wend:
             exc = Disconnected(
-                f"vchan peer disconnected with {len(self._wbuf)} bytes not yet taken"
+                f"vchan peer disconnected with {self._drop_queue()} bytes not yet taken"
             )
             self.write_error = exc
-            self._wbuf = bytearray()  # a new one: a view of the old may still be alive
         self._shutdown(exc)
 
     def _fatal(self, exc: BaseException | None) -> None:
@@ -274,7 +325,7 @@ class VchanTransport(_asyncio.Transport):
             err = from_oserror(err)
         err = err.with_traceback(None)  # keep no frames (nor their views) alive
         self.write_error = self.write_error or err
-        self._wbuf = bytearray()
+        self._drop_queue()
         self._shutdown(err)
 
     def _shutdown(self, exc: Exception | None) -> None:
@@ -304,12 +355,18 @@ class VchanTransport(_asyncio.Transport):
             if self.write_error is None:
                 self.write_error = ConnectionResetError("write on a closed vchan")
             return
-        wbuf = self._wbuf
-        if wbuf:
-            # Queued output means the last write fell short, which asked for the
-            # consumption event: the wake-up it brings moves this too.
-            wbuf += view
+        if self._wend:
+            # Queued output: either the last write fell short, which asked for the
+            # consumption event (the wake-up it brings moves this too), or a flush is
+            # scheduled (coalescing small writes).
+            self._queue(view)
+        elif self._wrote and size < _SMALL:
+            self._queue(view)  # a further small write before the loop ran our callbacks
+            if not self._flush_soon:
+                self._flush_soon = True
+                self._loop.call_soon(self._deferred_flush)
         else:
+            self._wrote = True
             err: BaseException | None = None
             try:
                 # All of it: a write capped at the ring is short too, so it asks (SPEC §5).
@@ -319,7 +376,7 @@ class VchanTransport(_asyncio.Transport):
                 n = 0
             if err is not None:  # handled outside the except block (no view kept alive)
                 if isinstance(err, OSError) and err.errno in _GONE:
-                    wbuf += view  # reported as bytes the peer never took
+                    self._queue(view)  # reported as bytes the peer never took
                     self._peer_gone()
                 else:
                     self._fatal(err)
@@ -328,10 +385,10 @@ class VchanTransport(_asyncio.Transport):
                 return
             # Short: nothing fitted, or the write was capped at the ring (there may be room
             # for more). Either way the engine armed the consumption request.
-            wbuf += view[n:]
+            self._queue(view[n:])
             if n >= self._wcap and not self._flush():
                 return
-        if not self._write_paused and len(wbuf) > self._high:
+        if not self._write_paused and self._wend - self._wpos > self._high:
             self._write_paused = True
             self._protocol.pause_writing()
 
@@ -345,7 +402,7 @@ class VchanTransport(_asyncio.Transport):
         raise NotImplementedError("a vchan has no half-close: use close()")
 
     def get_write_buffer_size(self) -> int:
-        return len(self._wbuf)
+        return self._wend - self._wpos
 
     def get_write_buffer_limits(self) -> tuple[int, int]:
         return self._low, self._high
@@ -359,10 +416,11 @@ class VchanTransport(_asyncio.Transport):
             raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
         self._high, self._low = high, low
         if self._vc is not None:
-            if not self._write_paused and len(self._wbuf) > high:
+            queued = self._wend - self._wpos
+            if not self._write_paused and queued > high:
                 self._write_paused = True
                 self._protocol.pause_writing()
-            elif self._write_paused and len(self._wbuf) <= low:
+            elif self._write_paused and queued <= low:
                 self._write_paused = False
                 self._protocol.resume_writing()
 
@@ -385,16 +443,16 @@ class VchanTransport(_asyncio.Transport):
         if self._closing:
             return
         self._closing = True
-        if self._wbuf:
+        if self._wend:
             self._schedule()
         else:
             self._shutdown(None)
 
     def abort(self) -> None:
         """Close now, dropping queued bytes."""
-        if self._wbuf:
+        if self._wend:
             self.write_error = ConnectionAbortedError("vchan transport aborted")
-            self._wbuf.clear()
+            self._drop_queue()
         self._closing = True
         self._shutdown(None)
 
@@ -406,7 +464,7 @@ class VchanTransport(_asyncio.Transport):
 
     def __repr__(self) -> str:
         state = "closed" if self._vc is None else "closing" if self._closing else "open"
-        return f"<VchanTransport fd={self._fd} {state} queued={len(self._wbuf)}>"
+        return f"<VchanTransport fd={self._fd} {state} queued={self._wend - self._wpos}>"
 
 
 class _StreamProtocol(_asyncio.Protocol):
