@@ -17,9 +17,10 @@ asks for that event) makes the fd readable again.
 * :func:`connect` and :func:`listen` are the protocol/transport forms.
 
 The reader is an :class:`asyncio.StreamReader`; the writer (:class:`VchanWriter`) has the
-:class:`asyncio.StreamWriter` interface. ``write()`` queues; ``drain()`` waits while more
-than the high-water mark (64 KiB by default) is queued, the queue being moved into the vchan
-as far as it fits whenever the vchan has room; it raises :class:`vchan.Disconnected` if the peer
+:class:`asyncio.StreamWriter` interface. ``write()`` puts into the vchan what fits at once
+and queues the rest; ``drain()`` waits while more than the high-water mark (64 KiB by
+default) is queued, the queue being moved into the vchan as far as it fits whenever the
+vchan has room; it raises :class:`vchan.Disconnected` if the peer
 left before taking queued bytes. The end of the stream (``read()`` returning ``b""``) comes
 after every byte the peer wrote before it closed. A vchan has no half-close, so
 ``can_write_eof()`` is False.
@@ -28,7 +29,7 @@ after every byte the peer wrote before it closed. A vchan has no half-close, so
 from __future__ import annotations
 
 import asyncio as _asyncio
-import select as _select
+import errno as _errno
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -51,12 +52,12 @@ __all__ = [
 #: StreamReader buffer limit and write-queue high-water mark, as in asyncio.
 DEFAULT_LIMIT = 2**16
 _CHUNK = 65536
-
-
-def _readable(fd: int) -> bool:
-    p = _select.poll()
-    p.register(fd, _select.POLLIN)
-    return bool(p.poll(0))
+#: errnos of a read or write that found the peer gone.
+#: Writes smaller than this coalesce (see VchanTransport.write).
+_SMALL = 16384
+#: An empty write queue keeps its memory up to this size.
+_KEEP = 1 << 20
+_GONE = frozenset({_errno.EPIPE, _errno.ECONNRESET})
 
 
 async def _until(fd: int, step: Callable[[], bool]) -> None:
@@ -100,7 +101,25 @@ class VchanTransport(_asyncio.Transport):
         self._vc: Vchan | None = vc
         self._protocol = protocol
         self._fd = vc.fileno()
+        vc.set_blocking(False)
+        # The engine's endpoint, called directly (no Vchan layer) on the hot paths: its
+        # methods return counts (0: nothing now) and raise OSError with an errno.
+        endpoint = vc._endpoint()
+        self._ep_wait = endpoint.wait
+        self._ep_read = endpoint.read
+        self._ep_write = endpoint.write
+        self._ep_is_open = endpoint.is_open
+        #: Largest single write (a non-blocking write takes at most the write ring, SPEC §4).
+        self._wcap = vc.write_ring or _CHUNK
+        # Every read takes all the ring holds at once, into this one buffer.
+        self._rbuf = memoryview(bytearray(vc.read_ring or _CHUNK))
+        # The write queue: bytes [_wpos, _wend) of _wbuf. _wbuf is only ever written by
+        # equal-length slice assignment or replaced (never resized), so a lingering view of
+        # it (an exception's frames) cannot make a later write fail; and a steady stream
+        # reuses the same memory instead of reallocating it batch after batch.
         self._wbuf = bytearray()
+        self._wpos = 0
+        self._wend = 0
         self._high = DEFAULT_LIMIT
         self._low = DEFAULT_LIMIT // 4
         self._write_paused = False
@@ -108,14 +127,26 @@ class VchanTransport(_asyncio.Transport):
         self._eof = False
         self._closing = False
         self._scheduled = False
+        # Small writes: the first one since our last callback goes straight into the vchan
+        # (a reply costs no loop iteration); further ones coalesce in the queue until a
+        # flush that runs before the loop next sleeps (one engine write per batch).
+        self._wrote = False
+        self._flush_soon = False
         #: Why queued bytes were dropped (the peer left, or written after close).
         self.write_error: Exception | None = None
-        vc.set_blocking(False)
         loop.call_soon(protocol.connection_made, self)
         loop.add_reader(self._fd, self._on_ready)
-        self._schedule()
+        self._schedule()  # bytes (or the peer's departure) may predate the transport
 
     # -- event handling ---------------------------------------------------------------
+    #
+    # Notification (SPEC §5): the select fd is readable after data arrived, the peer left,
+    # or (only when asked, by a write that fell short) the peer consumed. Only wait() clears
+    # it, and after wait() it stays unreadable until something new happens, even if unread
+    # bytes wait. So a wake-up runs wait() first, then moves queued output until a write
+    # falls short (which asks for the consumption event that wakes us when there is room)
+    # and reads until nothing is left. Output is queued only after a short write, so the
+    # loop never sleeps with output pending and no request armed.
 
     def _schedule(self) -> None:
         if not self._scheduled and self._vc is not None:
@@ -123,12 +154,14 @@ class VchanTransport(_asyncio.Transport):
             self._loop.call_soon(self._service)
 
     def _on_ready(self) -> None:
-        vc = self._vc
-        if vc is None:
+        """The select fd polled readable (the event loop's reader callback)."""
+        if self._vc is None:
             return
+        self._wrote = False
         try:
-            if _readable(self._fd):
-                vc.wait()  # clears the readiness; will not block (the fd is readable)
+            # It polled readable, so wait() does not block (and nothing since can have
+            # cleared it: only wait() clears it, and only this callback calls wait()).
+            self._ep_wait()
         except (OSError, ValueError) as exc:
             self._fatal(exc)
             return
@@ -136,88 +169,163 @@ class VchanTransport(_asyncio.Transport):
 
     def _service(self) -> None:
         self._scheduled = False
-        vc = self._vc
-        if vc is None:
+        if self._vc is None:
             return
-        try:
-            self._flush(vc)
-            if self._vc is not None and not self._read_paused and not self._closing:
-                self._pull(vc)
-            if self._vc is not None and not self._eof and vc.state == State.DISCONNECTED:
-                self._peer_gone(vc)
-        except (OSError, ValueError) as exc:
-            self._fatal(exc)
+        if self._wend and not self._flush():
             return
-        if self._closing and not self._wbuf:
+        if not self._closing:
+            if not self._read_paused:
+                self._pull()
+            elif not self._eof:
+                # Not reading: the peer's departure must still close us (and fail drain()).
+                try:
+                    gone = self._ep_is_open() == _core.DISCONNECTED
+                except (OSError, ValueError) as exc:
+                    self._fatal(exc)
+                    return
+                if gone:
+                    self._peer_gone()
+        if self._closing and not self._wend:
             self._shutdown(None)
 
-    def _pull(self, vc: Vchan) -> None:
-        protocol = self._protocol
-        assert isinstance(protocol, _asyncio.Protocol)
-        while not self._read_paused and not self._eof and self._vc is not None:
-            try:
-                data = vc.read(_CHUNK)
-            except BlockingIOError:
-                return
-            if not data:
-                self._peer_gone(vc)
-                return
-            protocol.data_received(data)
-
-    def _flush(self, vc: Vchan) -> None:
-        wbuf = self._wbuf
-        try:
-            while wbuf:
-                # A non-blocking write takes what fits; one that falls short (or takes
-                # nothing) asks for the peer's consumption event (SPEC §5), so the fd wakes
-                # us when there is room again. No buffer_space() call: asking while the
-                # write fits would make every peer read wake us.
-                chunk = wbuf[:_CHUNK]
-                try:
-                    n = vc.write(chunk)
-                except BlockingIOError:
-                    break
-                del wbuf[:n]
-                if n < len(chunk):
-                    break
-        except ConnectionError:
-            self._peer_gone(vc)
+    def _deferred_flush(self) -> None:
+        """Move coalesced small writes in (scheduled by write(), so it runs before the loop
+        sleeps: queued output never waits without a short write having asked for room)."""
+        self._flush_soon = False
+        self._wrote = False
+        if self._vc is None or not self._wend or not self._flush():
             return
-        if self._write_paused and len(wbuf) <= self._low:
+        if self._closing and not self._wend:
+            self._shutdown(None)
+
+    def _pull(self) -> None:
+        """Read until the vchan has nothing more (or reading pauses, or the stream ends).
+
+        Reading until a read returns nothing (rather than stopping at a short read) is what
+        finds the end of the stream when the peer wrote and left before the wait(): its
+        departure was that same event."""
+        view = self._rbuf
+        size = len(view)
+        read = self._ep_read
+        protocol = self._protocol
+        feed: Callable[[Any], None]
+        if type(protocol) is _StreamProtocol:
+            feed = protocol._reader.feed_data  # copies: a view of our buffer is fine
+        else:
+            assert isinstance(protocol, _asyncio.Protocol)
+            received = protocol.data_received
+
+            def feed(chunk: memoryview) -> None:
+                received(bytes(chunk))
+
+        err: BaseException | None = None
+        while not self._read_paused and self._vc is not None:
+            try:
+                n = read(view, size)
+            except (OSError, ValueError) as exc:
+                err = exc
+                break
+            if not n:
+                return
+            feed(view[:n])
+        else:
+            return
+        # Outside the except block, so the exception no longer pins views of our buffers.
+        if isinstance(err, OSError) and err.errno in _GONE:
+            self._peer_gone()
+        else:
+            self._fatal(err)
+
+    def _flush(self) -> bool:
+        """Move queued output into the vchan until a write falls short (that asks for the
+        consumption event) or nothing is left; False if the transport closed."""
+        write = self._ep_write
+        cap = self._wcap
+        pos, end = self._wpos, self._wend
+        err: BaseException | None = None
+        with memoryview(self._wbuf) as view:
+            while pos < end:
+                size = end - pos
+                if size > cap:
+                    size = cap
+                try:
+                    n = write(view[pos:], size)
+                except (OSError, ValueError) as exc:
+                    err = exc
+                    break
+                pos += n
+                if n < size:
+                    break
+        if pos == end:
+            pos = end = 0
+            if len(self._wbuf) > _KEEP:
+                self._wbuf = bytearray()  # after a burst, give the memory back
+        self._wpos, self._wend = pos, end
+        if err is not None:
+            if isinstance(err, OSError) and err.errno in _GONE:
+                self._peer_gone()
+            else:
+                self._fatal(err)
+            return False
+        if self._write_paused and end - pos <= self._low:
             self._write_paused = False
             self._protocol.resume_writing()
+        return self._vc is not None
 
-    def _peer_gone(self, vc: Vchan) -> None:
+    def _queue(self, view: memoryview) -> None:
+        """Append to the write queue (moving it to a larger buffer when it does not fit)."""
+        n = len(view)
+        pos, end = self._wpos, self._wend
+        wbuf = self._wbuf
+        if end + n > len(wbuf):
+            keep = end - pos
+            new = bytearray(max(2 * (keep + n), _CHUNK))
+            new[:keep] = memoryview(wbuf)[pos:end]
+            self._wbuf = wbuf = new
+            pos, end = 0, keep
+            self._wpos = 0
+        wbuf[end : end + n] = view
+        self._wend = end + n
+
+    def _drop_queue(self) -> int:
+        """Empty the write queue (a new buffer: a view of the old may be alive); its size."""
+        queued = self._wend - self._wpos
+        self._wbuf = bytearray()
+        self._wpos = self._wend = 0
+        return queued
+
+    def _peer_gone(self) -> None:
         """The peer left: deliver what it sent, then the end of stream, then close."""
         if not self._eof and not self._closing:
             protocol = self._protocol
             assert isinstance(protocol, _asyncio.Protocol)
+            view = self._rbuf
             while True:
                 try:
-                    data = vc.read(_CHUNK)
-                except BlockingIOError:
+                    n = self._ep_read(view, len(view))
+                except (OSError, ValueError):
                     break
-                if not data:
+                if not n:
                     break
-                protocol.data_received(data)
+                protocol.data_received(bytes(view[:n]))
             self._eof = True
             protocol.eof_received()
         self._eof = True
         exc: Exception | None = None
-        if self._wbuf:
+        if self._wend:
             exc = Disconnected(
-                f"vchan peer disconnected with {len(self._wbuf)} bytes not yet taken"
+                f"vchan peer disconnected with {self._drop_queue()} bytes not yet taken"
             )
             self.write_error = exc
-            self._wbuf.clear()
         self._shutdown(exc)
 
-    def _fatal(self, exc: BaseException) -> None:
+    def _fatal(self, exc: BaseException | None) -> None:
         err = exc if isinstance(exc, Exception) else RuntimeError(str(exc))
         if isinstance(err, OSError):
             err = from_oserror(err)
+        err = err.with_traceback(None)  # keep no frames (nor their views) alive
         self.write_error = self.write_error or err
-        self._wbuf.clear()
+        self._drop_queue()
         self._shutdown(err)
 
     def _shutdown(self, exc: Exception | None) -> None:
@@ -232,24 +340,55 @@ class VchanTransport(_asyncio.Transport):
     # -- asyncio.Transport ----------------------------------------------------------
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not isinstance(data, bytes | bytearray | memoryview):
+        """Write what the vchan takes now; queue the rest (moved in as room appears)."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):  # noqa: UP038 - faster
             raise TypeError(
                 f"data argument must be a bytes-like object, not {type(data).__name__!r}"
             )
-        if not data:
+        view = memoryview(data)
+        if view.itemsize != 1 or view.ndim != 1:
+            view = view.cast("B")
+        size = len(view)
+        if not size:
             return
-        vc = self._vc
-        if vc is None or self._closing:
+        if self._vc is None or self._closing:
             if self.write_error is None:
                 self.write_error = ConnectionResetError("write on a closed vchan")
             return
-        self._wbuf += data
-        try:
-            self._flush(vc)
-        except (OSError, ValueError) as exc:
-            self._fatal(exc)
-            return
-        if not self._write_paused and len(self._wbuf) > self._high:
+        if self._wend:
+            # Queued output: either the last write fell short, which asked for the
+            # consumption event (the wake-up it brings moves this too), or a flush is
+            # scheduled (coalescing small writes).
+            self._queue(view)
+        elif self._wrote and size < _SMALL:
+            self._queue(view)  # a further small write before the loop ran our callbacks
+            if not self._flush_soon:
+                self._flush_soon = True
+                self._loop.call_soon(self._deferred_flush)
+        else:
+            self._wrote = True
+            err: BaseException | None = None
+            try:
+                # All of it: a write capped at the ring is short too, so it asks (SPEC §5).
+                n = self._ep_write(view, size)
+            except (OSError, ValueError) as exc:
+                err = exc
+                n = 0
+            if err is not None:  # handled outside the except block (no view kept alive)
+                if isinstance(err, OSError) and err.errno in _GONE:
+                    self._queue(view)  # reported as bytes the peer never took
+                    self._peer_gone()
+                else:
+                    self._fatal(err)
+                return
+            if n == size:
+                return
+            # Short: nothing fitted, or the write was capped at the ring (there may be room
+            # for more). Either way the engine armed the consumption request.
+            self._queue(view[n:])
+            if n >= self._wcap and not self._flush():
+                return
+        if not self._write_paused and self._wend - self._wpos > self._high:
             self._write_paused = True
             self._protocol.pause_writing()
 
@@ -263,7 +402,7 @@ class VchanTransport(_asyncio.Transport):
         raise NotImplementedError("a vchan has no half-close: use close()")
 
     def get_write_buffer_size(self) -> int:
-        return len(self._wbuf)
+        return self._wend - self._wpos
 
     def get_write_buffer_limits(self) -> tuple[int, int]:
         return self._low, self._high
@@ -277,10 +416,11 @@ class VchanTransport(_asyncio.Transport):
             raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
         self._high, self._low = high, low
         if self._vc is not None:
-            if not self._write_paused and len(self._wbuf) > high:
+            queued = self._wend - self._wpos
+            if not self._write_paused and queued > high:
                 self._write_paused = True
                 self._protocol.pause_writing()
-            elif self._write_paused and len(self._wbuf) <= low:
+            elif self._write_paused and queued <= low:
                 self._write_paused = False
                 self._protocol.resume_writing()
 
@@ -303,16 +443,16 @@ class VchanTransport(_asyncio.Transport):
         if self._closing:
             return
         self._closing = True
-        if self._wbuf:
+        if self._wend:
             self._schedule()
         else:
             self._shutdown(None)
 
     def abort(self) -> None:
         """Close now, dropping queued bytes."""
-        if self._wbuf:
+        if self._wend:
             self.write_error = ConnectionAbortedError("vchan transport aborted")
-            self._wbuf.clear()
+            self._drop_queue()
         self._closing = True
         self._shutdown(None)
 
@@ -324,7 +464,7 @@ class VchanTransport(_asyncio.Transport):
 
     def __repr__(self) -> str:
         state = "closed" if self._vc is None else "closing" if self._closing else "open"
-        return f"<VchanTransport fd={self._fd} {state} queued={len(self._wbuf)}>"
+        return f"<VchanTransport fd={self._fd} {state} queued={self._wend - self._wpos}>"
 
 
 class _StreamProtocol(_asyncio.Protocol):
@@ -406,7 +546,7 @@ class VchanWriter:
         return self._transport
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Queue ``data``; it moves into the vchan as ``buffer_space()`` allows."""
+        """Write what the vchan takes now and queue the rest (see :meth:`drain`)."""
         self._transport.write(data)
 
     def writelines(self, data: Iterable[bytes | bytearray | memoryview]) -> None:
@@ -440,9 +580,11 @@ class VchanWriter:
         transport = self._transport
         if transport.write_error is not None:
             raise transport.write_error
-        await self._protocol.drain_helper()
-        if transport.write_error is not None:
-            raise transport.write_error
+        protocol = self._protocol
+        if protocol._paused and not protocol._lost:  # else nothing to wait for: no hop
+            await protocol.drain_helper()
+            if transport.write_error is not None:
+                raise transport.write_error
 
     async def __aenter__(self) -> VchanWriter:
         return self
