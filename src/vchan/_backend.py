@@ -213,8 +213,11 @@ class CEndpoint:
             raise _closed()
         cbuf = self._from_buffer(self._char_array, buf, True)
         if not 0 <= size <= len(cbuf):
-            raise _bad_size(size, len(cbuf))
+            cap = len(cbuf)
+            del cbuf
+            raise _bad_size(size, cap)
         ret: int = self._c_read(h, cbuf, size)
+        del cbuf  # no traceback may keep the export alive (a cycle the GC breaks badly)
         if ret < 0:
             raise self._error()
         return ret
@@ -231,8 +234,11 @@ class CEndpoint:
             raise _closed()
         cbuf = self._from_buffer(self._char_array, buf, True)
         if not 0 <= size <= len(cbuf):
-            raise _bad_size(size, len(cbuf))
+            cap = len(cbuf)
+            del cbuf
+            raise _bad_size(size, cap)
         ret: int = self._c_recv(h, cbuf, size)
+        del cbuf  # no traceback may keep the export alive (a cycle the GC breaks badly)
         if ret < 0:
             raise self._error()
         return ret
@@ -249,8 +255,11 @@ class CEndpoint:
             raise _closed()
         cbuf = self._from_buffer(self._char_array, data, False)
         if not 0 <= size <= len(cbuf):
-            raise _bad_size(size, len(cbuf))
+            cap = len(cbuf)
+            del cbuf
+            raise _bad_size(size, cap)
         ret: int = self._c_write(h, cbuf, size)
+        del cbuf  # no traceback may keep the export alive (a cycle the GC breaks badly)
         if ret < 0:
             raise self._error()
         return ret
@@ -266,8 +275,11 @@ class CEndpoint:
             raise _closed()
         cbuf = self._from_buffer(self._char_array, data, False)
         if not 0 <= size <= len(cbuf):
-            raise _bad_size(size, len(cbuf))
+            cap = len(cbuf)
+            del cbuf
+            raise _bad_size(size, cap)
         ret: int = self._c_send(h, cbuf, size)
+        del cbuf  # no traceback may keep the export alive (a cycle the GC breaks badly)
         if ret < 0:
             raise self._error()
         return ret

@@ -233,6 +233,7 @@ class CLibvchan:
         except _BAD_ARGUMENT:
             return int(self._einval(-1))
         ret: int = self._c_read(handle, cbuf, size)
+        del cbuf  # no traceback may keep the export alive (a cycle the GC breaks badly)
         if ret < 0:
             self._tls.errno = self.raw.get_errno()
         return ret
@@ -250,6 +251,7 @@ class CLibvchan:
         except _BAD_ARGUMENT:
             return int(self._einval(-1))
         ret: int = self._c_recv(handle, cbuf, size)
+        del cbuf  # no traceback may keep the export alive (a cycle the GC breaks badly)
         if ret < 0:
             self._tls.errno = self.raw.get_errno()
         return ret
@@ -267,6 +269,7 @@ class CLibvchan:
         except _BAD_ARGUMENT:
             return int(self._einval(-1))
         ret: int = self._c_write(handle, cbuf, size)
+        del cbuf  # no traceback may keep the export alive (a cycle the GC breaks badly)
         if ret < 0:
             self._tls.errno = self.raw.get_errno()
         return ret
@@ -284,6 +287,7 @@ class CLibvchan:
         except _BAD_ARGUMENT:
             return int(self._einval(-1))
         ret: int = self._c_send(handle, cbuf, size)
+        del cbuf  # no traceback may keep the export alive (a cycle the GC breaks badly)
         if ret < 0:
             self._tls.errno = self.raw.get_errno()
         return ret

@@ -243,19 +243,23 @@ class VchanTransport(_asyncio.Transport):
         cap = self._wcap
         pos, end = self._wpos, self._wend
         err: BaseException | None = None
-        with memoryview(self._wbuf) as view:
-            while pos < end:
-                size = end - pos
-                if size > cap:
-                    size = cap
-                try:
-                    n = write(view[pos:], size)
-                except (OSError, ValueError) as exc:
-                    err = exc
-                    break
-                pos += n
-                if n < size:
-                    break
+        # No `with`/release(): a backend may still hold a buffer export of a slice (cffi's
+        # from_buffer, kept alive by an exception's traceback), and releasing the parent
+        # view under it corrupts the export count. Dropping the reference is enough.
+        view = memoryview(self._wbuf)
+        while pos < end:
+            size = end - pos
+            if size > cap:
+                size = cap
+            try:
+                n = write(view[pos:], size)
+            except (OSError, ValueError) as exc:
+                err = exc
+                break
+            pos += n
+            if n < size:
+                break
+        del view
         if pos == end:
             pos = end = 0
             if len(self._wbuf) > _KEEP:
