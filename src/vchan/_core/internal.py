@@ -150,6 +150,7 @@ class _Channel:
         self._pusher: threading.Thread | None = None
         self._handoff = False
         self._calls: list[None] = []
+        self._ep_poller: select.poll | None = None  # _lock: polls the select fd itself
         self._retired: list[socket.socket] = []
         # Notification (SPEC §5, docs/DESIGN.md "Notification"): bytes taken from the kernel
         # queue; consumed + FIONREAD measured before wait()'s last harvest; a consumption

@@ -177,8 +177,11 @@ class Notify(_Channel):
         self._harvest(fd)
 
     def _ep_readable(self) -> bool:
-        p = select.poll()
-        p.register(self._ep.fileno(), select.POLLIN)
+        """Lock held (so the cached poll object is never polled twice at once)."""
+        p = self._ep_poller
+        if p is None:
+            p = self._ep_poller = select.poll()
+            p.register(self._ep.fileno(), select.POLLIN)
         return bool(p.poll(0))
 
     def _harvest(self, fd: int) -> None:
