@@ -27,7 +27,6 @@ import array
 import fcntl
 import select
 import socket
-import struct
 import threading
 import weakref
 from typing import TYPE_CHECKING, Final
@@ -47,8 +46,6 @@ _EPOLL_INOUT = _EPOLL_IN | select.EPOLLOUT
 _POLL_GONE = _linux.POLLRDHUP | select.POLLHUP | select.POLLERR
 _FIONREAD = _linux.FIONREAD
 _ioctl = fcntl.ioctl
-_unpack_int = struct.Struct("i").unpack
-_ZERO_INT = b"\0\0\0\0"
 #: FIONREAD's out-parameter: ``_INT0.__copy__()`` filled in place by ioctl (half the cost of
 #: an immutable buffer and an unpack; a copy per call, so threads never share one).
 _INT0 = array.array("i", [0])
