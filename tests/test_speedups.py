@@ -738,6 +738,17 @@ def test_missing_extension_means_the_pure_engine(sockdir, tmp_path):
     assert _engine_of(env, code) == ["python", "False", "True", "True"]
 
 
+def test_the_build_under_test():
+    """The suite runs the extension it means to: $VCHAN_TEST_SPEEDUPS (the sanitizer
+    build) if set, else the in-place build of the current sources (tests/_speedups.py)."""
+    from tests import _speedups as build
+
+    forced = os.environ.get(build.ENV)
+    assert _speedups.__file__ == (forced or str(build.SO))
+    if not forced:
+        assert not build.stale()
+
+
 def test_extension_exports_only_its_init_function():
     out = subprocess.run(["nm", "-D", "--defined-only", _speedups.__file__],
                          capture_output=True, text=True, check=True).stdout
