@@ -117,7 +117,7 @@ test-packages: $(VENV)/.dist
 	mkdir -p $(P)
 	VCHAN_TEST_PACKAGES=1 VCHAN_TEST_DEB_MARK=$(DEB_MARK) $(VPY) -m pytest -q tests/packaging; \
 	status=$$?; \
-	if [ -e $(DEB_MARK) ]; then dpkg --purge libvchan-socket-dev libvchan-socket1; \
+	if [ -e $(DEB_MARK) ]; then dpkg --purge libvchan-socket-default-dev libvchan-socket-dev libvchan-socket1; \
 		rm -f $(DEB_MARK); fi; \
 	exit $$status
 

@@ -329,6 +329,8 @@ void vchan__try_accept(struct libvchan *c, bool in_wait)
 	 * WAITING (wait() harvests the immediate edge before returning).
 	 */
 	latch = !in_wait;
+	/* the wait() that reports the connection keeps the first bytes' event (SPEC section 5) */
+	vchan__store(&c->conn_event, 1);
 	out = latch || vchan__load(&c->armed);
 	vchan__lock(&c->nlock);
 	c->mask_out = out;
@@ -604,7 +606,12 @@ int vchan__finish(struct libvchan *c, bool blocking)
 	}
 }
 
-VCHAN_API libvchan_t *libvchan_client_init_async(int domain, int port, EVTCHN *watch_fd)
+/*
+ * Client set-up. `watch`: the caller polls the watch fd before finish() (async init), so a
+ * connection made here must make it readable, as Xen's xenstore watch fires at once: the
+ * connection is latched as an event, reported by the next wait() (SPEC section 2).
+ */
+static libvchan_t *vchan__client_start(int domain, int port, EVTCHN *watch_fd, bool watch)
 {
 	return vchan__client_init_async(domain, port, watch_fd, -1);
 }
@@ -683,6 +690,10 @@ libvchan_t *vchan__client_init_async(int domain, int port, EVTCHN *watch_fd,
 	if (r < 0)
 		goto fail_connect;
 done:
+	if (r == 0 && watch) {
+		vchan__store(&c->conn_event, 1);
+		vchan__latch(c);
+	}
 	*watch_fd = c->epfd;
 	return c;
 fail_connect:
@@ -690,6 +701,11 @@ fail_connect:
 fail:
 	vchan__abort(c);
 	return NULL;
+}
+
+VCHAN_API libvchan_t *libvchan_client_init_async(int domain, int port, EVTCHN *watch_fd)
+{
+	return vchan__client_start(domain, port, watch_fd, true);
 }
 
 VCHAN_API int libvchan_client_init_async_finish(libvchan_t *ctrl, bool blocking)
@@ -706,7 +722,7 @@ VCHAN_API int libvchan_client_init_async_finish(libvchan_t *ctrl, bool blocking)
 VCHAN_API libvchan_t *libvchan_client_init(int domain, int port)
 {
 	EVTCHN fd;
-	struct libvchan *c = libvchan_client_init_async(domain, port, &fd);
+	struct libvchan *c = vchan__client_start(domain, port, &fd, false);
 
 	if (!c)
 		return NULL;

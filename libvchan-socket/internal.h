@@ -103,6 +103,7 @@ struct libvchan {
 	int armed;          /* atomic: a consumption request is outstanding */
 	int rearm;          /* atomic: a request made while armed (it may have fired already) */
 	unsigned arm_seq;   /* atomic: odd while arm() is between its MOD and its harvest */
+	int conn_event;     /* atomic: the connection is an event no wait() has reported yet */
 	pthread_mutex_t nlock;
 	bool mask_out;      /* nlock: EPOLLOUT is in sock's registration */
 

@@ -293,6 +293,15 @@ VCHAN_API int libvchan_wait(libvchan_t *c)
 		/* a latch made meanwhile by another thread keeps the readiness it queued */
 		if (!vchan__load(&c->latched))
 			(void)vchan__epoll_now(c, ev, 4, 0);
+		/*
+		 * This wait() reports the connection. Bytes that came with it are a separate
+		 * event (on Xen the peer's init and its first write each notify): keep them
+		 * readable for the next wait(). Checked after the harvest, so bytes arriving
+		 * later have an edge of their own.
+		 */
+		if (sock >= 0 && __atomic_exchange_n(&c->conn_event, 0, __ATOMIC_ACQ_REL) &&
+		    vchan__ioctl_int(sock, FIONREAD) > 0)
+			vchan__latch(c);
 	}
 out:
 	vchan__leave(c);
