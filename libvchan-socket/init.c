@@ -610,14 +610,10 @@ int vchan__finish(struct libvchan *c, bool blocking)
  * Client set-up. `watch`: the caller polls the watch fd before finish() (async init), so a
  * connection made here must make it readable, as Xen's xenstore watch fires at once: the
  * connection is latched as an event, reported by the next wait() (SPEC section 2).
+ * allow_any_uid as for vchan__alloc().
  */
-static libvchan_t *vchan__client_start(int domain, int port, EVTCHN *watch_fd, bool watch)
-{
-	return vchan__client_init_async(domain, port, watch_fd, -1);
-}
-
-libvchan_t *vchan__client_init_async(int domain, int port, EVTCHN *watch_fd,
-				     int allow_any_uid)
+libvchan_t *vchan__client_start(int domain, int port, EVTCHN *watch_fd, bool watch,
+				int allow_any_uid)
 {
 	struct libvchan *c;
 	char dir[VCHAN__PATH_MAX + 1];
@@ -705,7 +701,7 @@ fail:
 
 VCHAN_API libvchan_t *libvchan_client_init_async(int domain, int port, EVTCHN *watch_fd)
 {
-	return vchan__client_start(domain, port, watch_fd, true);
+	return vchan__client_start(domain, port, watch_fd, true, -1);
 }
 
 VCHAN_API int libvchan_client_init_async_finish(libvchan_t *ctrl, bool blocking)
@@ -722,7 +718,7 @@ VCHAN_API int libvchan_client_init_async_finish(libvchan_t *ctrl, bool blocking)
 VCHAN_API libvchan_t *libvchan_client_init(int domain, int port)
 {
 	EVTCHN fd;
-	struct libvchan *c = vchan__client_start(domain, port, &fd, false);
+	struct libvchan *c = vchan__client_start(domain, port, &fd, false, -1);
 
 	if (!c)
 		return NULL;

@@ -151,11 +151,13 @@ void vchan__unlock(pthread_mutex_t *m);
 
 /* ---- init.c ---- */
 /* The init functions with VCHAN_ALLOW_ANY_UID given (0 or 1) instead of read from the
- * environment (-1); the public ones pass -1. For an embedding (the Python extension). */
+ * environment (-1); the public ones pass -1. vchan__client_start() is client_init_async()
+ * (watch true) and the start of client_init() (watch false). For the public functions and
+ * an embedding (the Python extension). */
 libvchan_t *vchan__server_init(int domain, int port, size_t read_min, size_t write_min,
 			       int allow_any_uid);
-libvchan_t *vchan__client_init_async(int domain, int port, EVTCHN *watch_fd,
-				     int allow_any_uid);
+libvchan_t *vchan__client_start(int domain, int port, EVTCHN *watch_fd, bool watch,
+				int allow_any_uid);
 void vchan__try_accept(struct libvchan *c, bool in_wait);
 int vchan__wait_listener(struct libvchan *c);
 int vchan__finish(struct libvchan *c, bool blocking);

@@ -606,12 +606,13 @@ static PyObject *chan_server(PyTypeObject *cls, PyObject *args, PyObject *kwds)
 	return ret;
 }
 
+/* watch: a connection made at once is an event for the next wait() (async init, SPEC 2). */
 static PyObject *client_start(PyTypeObject *cls, PyObject *domain, PyObject *port,
-			      PyObject *allow)
+			      PyObject *allow, int watch)
 {
 	PyObject *path, *ret;
 	int d, p, any, err;
-	EVTCHN watch;
+	EVTCHN fd;
 	libvchan_t *h;
 	struct nogil g;
 
@@ -626,7 +627,7 @@ static PyObject *client_start(PyTypeObject *cls, PyObject *domain, PyObject *por
 		return NULL;
 	}
 	nogil_begin(&g);
-	h = vchan__client_init_async(d, p, &watch, any);
+	h = vchan__client_start(d, p, &fd, watch != 0, any);
 	err = errno;
 	nogil_end(&g);
 	ret = h ? chan_new(cls, h, path) : raise_init(err, path);
@@ -636,13 +637,14 @@ static PyObject *client_start(PyTypeObject *cls, PyObject *domain, PyObject *por
 
 static PyObject *chan_client_start(PyTypeObject *cls, PyObject *args, PyObject *kwds)
 {
-	static char *kwlist[] = { "domain", "port", "allow_any_uid", NULL };
+	static char *kwlist[] = { "domain", "port", "allow_any_uid", "watch", NULL };
 	PyObject *domain, *port, *allow = Py_None;
+	int watch = 1;
 
-	if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|O:client_start", kwlist, &domain, &port,
-					 &allow))
+	if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|Op:client_start", kwlist, &domain, &port,
+					 &allow, &watch))
 		return NULL;
-	return client_start(cls, domain, port, allow);
+	return client_start(cls, domain, port, allow, watch);
 }
 
 static PyObject *chan_client(PyTypeObject *cls, PyObject *args, PyObject *kwds)
@@ -653,7 +655,7 @@ static PyObject *chan_client(PyTypeObject *cls, PyObject *args, PyObject *kwds)
 	if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|OO:client", kwlist, &domain, &port,
 					 &timeout, &allow))
 		return NULL;
-	ch = client_start(cls, domain, port, allow);
+	ch = client_start(cls, domain, port, allow, 0); /* blocking: nobody polls a watch fd */
 	if (!ch)
 		return NULL;
 	r = finish((Chan *)ch, 1, timeout);
@@ -708,8 +710,9 @@ static PyMethodDef chan_methods[] = {
 	  "Listen for the client in domain on port; returns at once, WAITING." },
 	{ "client_start", (PyCFunction)(void (*)(void))chan_client_start,
 	  METH_VARARGS | METH_KEYWORDS | METH_CLASS,
-	  "client_start(domain, port, allow_any_uid=None)\n--\n\n"
-	  "Begin an asynchronous connection; finish() completes it." },
+	  "client_start(domain, port, allow_any_uid=None, watch=True)\n--\n\n"
+	  "Begin an asynchronous connection; finish() completes it. watch: a connection\n"
+	  "made at once makes the watch fd readable (an event for the next wait())." },
 	{ "client", (PyCFunction)(void (*)(void))chan_client,
 	  METH_VARARGS | METH_KEYWORDS | METH_CLASS,
 	  "client(domain, port, timeout=None, allow_any_uid=None)\n--\n\n"
