@@ -453,6 +453,10 @@ static PyObject *finish(Chan *self, int blocking, PyObject *timeout)
 		left = PyFloat_AsDouble(timeout);
 		if (left == -1 && PyErr_Occurred())
 			return NULL;
+		if (left != left) {
+			PyErr_SetString(PyExc_ValueError, "timeout must not be NaN");
+			return NULL;
+		}
 		deadline = monotonic() + left;
 	}
 	vchan__ref(h);
@@ -488,7 +492,7 @@ static PyObject *finish(Chan *self, int blocking, PyObject *timeout)
 			double ms = left * 1000 + 0.999;
 
 			Py_BEGIN_ALLOW_THREADS
-			r = poll(&p, 1, ms > INT_MAX ? INT_MAX : (int)ms);
+			r = poll(&p, 1, ms < INT_MAX ? (int)ms : INT_MAX); /* (NaN: INT_MAX) */
 			err = errno;
 			Py_END_ALLOW_THREADS
 		}
