@@ -23,7 +23,7 @@ demo:
 	PYTHONPATH=src $(PYTHON) -m vchan demo
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff check src tests bench docs
 
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy

@@ -146,7 +146,9 @@ class Decl:
 
 _COMMENT_START = re.compile(r"^\s*/\*")
 _FUNC = re.compile(r"^(?P<sig>[\w\s\*]+?\b(?P<name>\w+)\s*\([^;]*\))\s*;")
-_MACRO = re.compile(r"^#define\s+(?P<name>[A-Z_][A-Z0-9_]*)\s+(?P<value>\S+)\s*(/\*(?P<doc>.*)\*/)?")
+_MACRO = re.compile(
+    r"^#define\s+(?P<name>[A-Z_][A-Z0-9_]*)\s+(?P<value>\S+)\s*(/\*(?P<doc>.*)\*/)?"
+)
 _TYPEDEF = re.compile(r"^typedef\s+(?P<sig>.+?)\s*;")
 
 
@@ -208,7 +210,7 @@ def parse_header(text: str) -> tuple[list[str], list[Decl]]:
             pending = []
             i += 1
             continue
-        if re.match(r"^[a-z].*\(", line) and not line.startswith("typedef"):
+        if re.match(r"^(?!typedef\b)[A-Za-z_][\w\s*]*\(", line):
             decl = line
             while ";" not in decl and i + 1 < len(lines):
                 i += 1
@@ -321,6 +323,8 @@ class BenchTable:
     columns: list[str]
     #: row label -> column -> value
     rows: dict[str, dict[str, float]]
+    #: row label -> column -> the ratio printed next to the value, "(0.85x)"
+    ratios: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def _split_cells(line: str) -> list[str]:
@@ -339,6 +343,7 @@ def parse_bench_table(text: str) -> list[BenchTable]:
         # in fixed-width cells that end where the values end.
         head = [ln for ln in lines[max(0, i - 2) : i] if ln.strip() and ":" not in ln]
         rows: dict[str, dict[str, float]] = {}
+        ratio_cells: dict[str, dict[str, float]] = {}
         cells_end: list[int] = []
         j = i + 1
         while j < len(lines) and lines[j].strip():
@@ -346,12 +351,16 @@ def parse_bench_table(text: str) -> list[BenchTable]:
             label_m = re.match(r"^(\s*\S.*?)\s{2,}", row)
             if not label_m:
                 break
-            values = list(re.finditer(r"(\d+(?:\.\d+)?)x?(?: \([\d.]+x\))?|(?<=\s)-(?=\s|$)", row))
+            values = list(
+                re.finditer(r"(\d+(?:\.\d+)?)x?(?: \(([\d.]+)x\))?|(?<=\s)-(?=\s|$)", row)
+            )
             values = [v for v in values if v.start() >= label_m.end() - 2]
             if not cells_end:
                 cells_end = [v.end() for v in values]
-            rows[label_m.group(1).strip()] = {
-                str(k): float(v.group(1)) for k, v in enumerate(values) if v.group(1)
+            label = label_m.group(1).strip()
+            rows[label] = {str(k): float(v.group(1)) for k, v in enumerate(values) if v.group(1)}
+            ratio_cells[label] = {
+                str(k): float(v.group(2)) for k, v in enumerate(values) if v.group(2)
             }
             j += 1
         if not cells_end:
@@ -365,7 +374,11 @@ def parse_bench_table(text: str) -> list[BenchTable]:
         table_rows = {
             label: {names[int(k)]: v for k, v in vals.items()} for label, vals in rows.items()
         }
-        tables.append(BenchTable(names, table_rows))
+        table_ratios = {
+            label: {names[int(k)]: v for k, v in vals.items()}
+            for label, vals in ratio_cells.items()
+        }
+        tables.append(BenchTable(names, table_rows, table_ratios))
     return tables
 
 
@@ -432,6 +445,7 @@ class BenchChart(SphinxDirective):
         self.env.note_dependency(rel)
         tables = parse_bench_table(Path(path).read_text(encoding="utf-8"))
         columns: dict[str, dict[str, float]] = {}
+        ratios: dict[str, dict[str, float]] = {}  # column -> row -> ratio to raw
         raw_col = "raw socket"
         for table in tables:
             if not table.columns or table.columns[0] != raw_col:
@@ -439,6 +453,9 @@ class BenchChart(SphinxDirective):
             for label, vals in table.rows.items():
                 for col, value in vals.items():
                     columns.setdefault(col, {})[label] = value
+            for label, vals in table.ratios.items():
+                for col, value in vals.items():
+                    ratios.setdefault(col, {})[label] = value
         raw = columns.get(raw_col, {})
         charts = [
             ("Stream throughput, ratio to the raw socket (higher is better)",
@@ -449,12 +466,10 @@ class BenchChart(SphinxDirective):
         out: list[nodes.Node] = []
         for title, rows, unit in charts:
             series: dict[str, list[float | None]] = {}
-            for col, vals in columns.items():
+            for col in columns:
                 if col == raw_col:
                     continue
-                series[col] = [
-                    round(vals[r] / raw[r], 3) if r in vals and raw.get(r) else None for r in rows
-                ]
+                series[col] = [ratios.get(col, {}).get(r) for r in rows]
             groups = [r.replace(" writes, GB/s", "").replace(", median us", "") for r in rows]
             out.append(nodes.raw("", bar_chart_svg(title, groups, series, unit), format="html"))
         return out
