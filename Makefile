@@ -54,9 +54,10 @@ $(VENV)/.docs: $(VENV)/.installed
 	touch $@
 
 # The Sphinx site (build/docs/html) and the man page (build/docs/man/vchan.1), from docs/.
-# -W: warnings are errors; -n would add unresolvable cross-references (stdlib names).
+# -W: warnings are errors; -E: read every page again (autodoc output depends on src/, which
+# Sphinx does not track), so a warning is never hidden by a cached page. About 10 s.
 DOCS_OUT ?= build/docs
-SPHINX = $(VPY) -m sphinx -W --keep-going -q -j auto
+SPHINX = $(VPY) -m sphinx -E -W --keep-going -q -j auto
 docs: $(VENV)/.docs
 	$(SPHINX) -b html -d $(DOCS_OUT)/doctrees docs $(DOCS_OUT)/html
 	$(SPHINX) -b man -d $(DOCS_OUT)/doctrees docs $(DOCS_OUT)/man
