@@ -6,7 +6,7 @@ PREFIX ?= /usr/local
 export PREFIX
 
 .PHONY: all lib demo test lint typecheck pytest test-sanitize install bench soak clean \
-	dist deb rpm test-packages
+	dist deb rpm test-packages docs
 
 all: lib
 
@@ -25,7 +25,7 @@ demo:
 	PYTHONPATH=src $(PYTHON) -m vchan demo
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff check src tests bench docs
 
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy
@@ -33,7 +33,9 @@ typecheck: $(VENV)/.installed
 pytest: $(VENV)/.installed lib
 	$(VPY) -m pytest -q
 
-test: lint typecheck pytest test-sanitize
+# The docs first: a broken reference, a warning or a missing page fails the run early, and
+# tests/test_docs.py then checks the man page it built.
+test: lint typecheck docs pytest test-sanitize
 
 # ASan+UBSan: the C library (over cffi), then the compiled engine (the same sources in the
 # extension, and the extension's own code).
@@ -51,6 +53,19 @@ $(VENV)/.bench: $(VENV)/.installed
 
 bench: $(VENV)/.bench lib
 	$(VPY) -m bench $(BENCH_ARGS)
+
+$(VENV)/.docs: $(VENV)/.installed
+	$(VPY) -m pip install -q -e '.[test,docs]'
+	touch $@
+
+# The Sphinx site (build/docs/html) and the man page (build/docs/man/vchan.1), from docs/.
+# -W: warnings are errors; -E: read every page again (autodoc output depends on src/, which
+# Sphinx does not track), so a warning is never hidden by a cached page. About 10 s.
+DOCS_OUT ?= build/docs
+SPHINX = $(VPY) -m sphinx -E -W --keep-going -q -j auto
+docs: $(VENV)/.docs
+	$(SPHINX) -b html -d $(DOCS_OUT)/doctrees docs $(DOCS_OUT)/html
+	$(SPHINX) -b man -d $(DOCS_OUT)/doctrees docs $(DOCS_OUT)/man
 
 # Random verified transfers for as long as asked (not in CI): make soak SOAK_SECONDS=3600
 SOAK_SECONDS ?= 600
@@ -123,5 +138,5 @@ test-packages: $(VENV)/.dist
 
 clean:
 	-$(MAKE) -C libvchan-socket clean
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist build build-pkg rpm_spec/*.spec \
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist build-pkg build rpm_spec/*.spec \
 		src/vchan/_speedups*.so

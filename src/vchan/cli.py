@@ -126,9 +126,9 @@ def _add_backend(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--backend",
         metavar="NAME",
-        help="an engine, 'speedups' (compiled) or 'python' (pure Python), or a libvchan "
-        "shared library: a path, a library name, or NAME for libvchan-NAME.so (default: "
-        "$VCHAN_BACKEND, else the engine `vchan --version` shows)",
+        help="an engine ('speedups', 'python') or a libvchan shared library: a path, a "
+        "library name, or NAME for libvchan-NAME.so (default: $VCHAN_BACKEND, else the engine "
+        "of vchan --version)",
     )
 
 

@@ -33,8 +33,11 @@ __all__ = [
     "libvchan_wait", "libvchan_write",
 ]
 
+#: :func:`libvchan_is_open`: the peer closed or died (final).
 VCHAN_DISCONNECTED = DISCONNECTED
+#: :func:`libvchan_is_open`: both ends are there.
 VCHAN_CONNECTED = CONNECTED
+#: :func:`libvchan_is_open`: a server without its client yet, or a client still connecting.
 VCHAN_WAITING = WAITING
 
 _tls = threading.local()
@@ -89,14 +92,22 @@ def _in_buffer(data: Any, size: int) -> memoryview:
 
 
 def libvchan_server_init(domain: int, port: int, read_min: int, write_min: int) -> Channel | None:
+    """Listen for the client in ``domain`` on ``port``; returns at once, state
+    ``VCHAN_WAITING``. Rings per Xen's rules from ``read_min``/``write_min``. ``None`` on
+    failure (EINVAL, ENAMETOOLONG, ENOENT, EEXIST, EADDRINUSE, ...)."""
     return _server_init(_engine.Channel, domain, port, read_min, write_min)
 
 
 def libvchan_client_init(domain: int, port: int) -> Channel | None:
+    """Connect to the server of ``domain`` on ``port``, waiting for it to appear
+    (rings 65536/65536). ``None`` on failure (EINVAL, ENAMETOOLONG, ENOENT, EACCES, ...)."""
     return _client_init(_engine.Channel, domain, port)
 
 
 def libvchan_client_init_async(domain: int, port: int) -> tuple[Channel, int] | None:
+    """Start connecting without blocking: ``(handle, watch_fd)``, or
+    ``None``. Poll ``watch_fd`` for readability, then call
+    :func:`libvchan_client_init_async_finish` (C returns the fd through a pointer)."""
     return _client_init_async(_engine.Channel, domain, port)
 
 
@@ -121,51 +132,79 @@ def _client_init_async(cls: _Class, domain: int, port: int) -> tuple[Channel, in
 
 
 def libvchan_client_init_async_finish(handle: Channel, blocking: bool) -> int:
+    """Advance an asynchronous connection: 0 connected, 1 not yet
+    (non-blocking only: poll the watch fd again), -1 on failure (EACCES, EBADF, ...)."""
     return _guard(-1, lambda: _handle(handle).finish(bool(blocking)))
 
 
 def libvchan_read(handle: Channel, buf: Any, size: int) -> int:
+    """Read up to ``size`` bytes (at most the read ring) into ``buf``: the count; 0 if
+    nothing is there and the channel is non-blocking; -1 (EPIPE) once the peer is gone and
+    everything it sent has been read."""
     return _guard(-1, lambda: _handle(handle).read(_out_buffer(buf, _size(size)), size))
 
 
 def libvchan_recv(handle: Channel, buf: Any, size: int) -> int:
+    """Read exactly ``size`` bytes into ``buf``: ``size``; 0 if fewer are there and the
+    channel is non-blocking; -1 (EPIPE: the peer left fewer, which stay readable; EMSGSIZE:
+    blocking and larger than the read ring)."""
     return _guard(-1, lambda: _handle(handle).recv(_out_buffer(buf, _size(size)), size))
 
 
 def libvchan_write(handle: Channel, data: Any, size: int) -> int:
+    """Write up to ``size`` bytes of ``data``: all of them in blocking mode (waiting as
+    needed), what fits (at most the write ring) in non-blocking mode; -1 (EPIPE) if the peer
+    is gone."""
     return _guard(-1, lambda: _handle(handle).write(_in_buffer(data, _size(size)), size))
 
 
 def libvchan_send(handle: Channel, data: Any, size: int) -> int:
+    """Write exactly ``size`` bytes of ``data`` or nothing: ``size``; 0 if they do not
+    fit now and the channel is non-blocking; -1 (EPIPE: the peer is gone; EMSGSIZE: blocking
+    and larger than the write ring)."""
     return _guard(-1, lambda: _handle(handle).send(_in_buffer(data, _size(size)), size))
 
 
 def libvchan_wait(handle: Channel) -> int:
+    """Block until the select fd is readable (data, a connection, the peer left, a
+    requested consumption), clear that, return 0; -1 on failure (EBADF: closed meanwhile)."""
     return _guard(-1, lambda: _handle(handle).wait())
 
 
 def libvchan_close(handle: Channel) -> None:
+    """Close the channel; bytes already accepted still reach a peer that keeps
+    reading. Never blocks for long."""
     if _engine.is_channel(handle):
         handle.close()
 
 
 def libvchan_fd_for_select(handle: Channel) -> int:
+    """The fd to poll for readability (readable when :func:`libvchan_wait`
+    will not block); the same number from init to close."""
     return _guard(-1, lambda: _handle(handle).fileno())
 
 
 def libvchan_is_open(handle: Channel) -> int:
+    """``VCHAN_WAITING``, ``VCHAN_CONNECTED`` or ``VCHAN_DISCONNECTED`` (final;
+    unread data stays readable). A waiting server takes a pending client here."""
     return _guard(VCHAN_DISCONNECTED, lambda: _handle(handle).is_open())
 
 
 def libvchan_data_ready(handle: Channel) -> int:
+    """Bytes readable now without blocking (at most the read ring)."""
     return _guard(0, lambda: _handle(handle).data_ready())
 
 
 def libvchan_buffer_space(handle: Channel) -> int:
+    """Bytes writable now without blocking (at most the write ring): a
+    write or send of that many right after completes at once. Asks for the peer's next
+    consumption event."""
     return _guard(0, lambda: _handle(handle).buffer_space())
 
 
 def libvchan_set_blocking(handle: Channel, blocking: bool) -> None:
+    """Blocking (``True``, the default) or non-blocking mode for read, recv,
+    write and send."""
     _guard(None, lambda: _handle(handle).set_blocking(bool(blocking)))
 
 
