@@ -419,7 +419,7 @@ async def exchange(stream):
 
     async def receiving():
         while len(got) < MIB:
-            got.extend(await stream.receive())
+            got.extend(await stream.receive(MIB - len(got)))  # not the "bye" after it
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(receiving)
