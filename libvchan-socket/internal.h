@@ -52,6 +52,8 @@
 #define VCHAN__BACKOFF_FIRST_MS 1
 #define VCHAN__BACKOFF_MAX_MS 100
 #define VCHAN__BACKOFF_NOINOTIFY_MS 10
+/* wait() moves at most this many queued bytes into the stash (DESIGN.md, prefetch). */
+#define VCHAN__PREFETCH_MAX 4096
 
 struct libvchan {
 	/* ---- immutable after init ---- */
@@ -113,6 +115,8 @@ struct libvchan {
 	size_t stash_cap;
 	size_t stash_off;
 	size_t stash_len;
+	int kreaders;       /* atomic: blocking reads inside recv() without rlock */
+	int prefetching;    /* atomic: wait() is moving queued bytes into the stash */
 };
 
 /* ---- atomics ---- */
@@ -189,6 +193,7 @@ static inline void vchan__consumed(struct libvchan *c, size_t n)
 
 /* ---- io.c ---- */
 void vchan__ovf_discard(struct libvchan *c);
+bool vchan__prefetch(struct libvchan *c, int sock);
 int vchan__flush_overflow(struct libvchan *c, bool bounded, size_t *sent);
 
 /* ---- pusher.c ---- */
