@@ -88,6 +88,9 @@ class Interrupter:
     def _handler(self, signum: int, frame: object) -> None:
         self.count += 1
         if self.raising:
+            # Once: a signal still in flight must not raise again after the call ended.
+            self.raising = False
+            self._stop.set()
             raise Interrupted
 
     def _run(self) -> None:
