@@ -73,7 +73,10 @@ def test_wheel_contents(pydist: Path, kind: str) -> None:
         assert not name.endswith(".so") or name == EXTENSION, shown
     assert {n for n in names if n.startswith("vchan/")} >= {
         "vchan/__init__.py",
-        "vchan/asyncio.py",
+        "vchan/asyncio/__init__.py",
+        "vchan/asyncio/transport.py",
+        "vchan/asyncio/streams.py",
+        "vchan/asyncio/server.py",
         "vchan/cli.py",
         "vchan/_version.py",
         "vchan/_speedups.pyi",
