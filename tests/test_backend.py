@@ -246,14 +246,15 @@ def test_asyncio_streams_over_emulated_non_blocking(sockdir):
     import asyncio
 
     import vchan.asyncio as va
+    from vchan.asyncio.streams import streams
 
     lib = _no_set_blocking_lib()
     up, down = pattern(2_000_000, 1), pattern(2_000_000, 2)
 
     async def main() -> None:
         srv, cli = _emulated_pair(lib, 51)
-        sr, sw = va._streams(srv, va.DEFAULT_LIMIT, {})
-        cr, cw = va._streams(cli, va.DEFAULT_LIMIT, {})
+        sr, sw = streams(srv, va.DEFAULT_LIMIT, {})
+        cr, cw = streams(cli, va.DEFAULT_LIMIT, {})
         cw.write(up)
         sw.write(down)
         got_up, got_down, _, _ = await asyncio.gather(
@@ -267,3 +268,35 @@ def test_asyncio_streams_over_emulated_non_blocking(sockdir):
         assert await sr.read() == b""
 
     asyncio.run(asyncio.wait_for(main(), TIMEOUT))
+
+
+def test_c_backend_does_not_load_the_pure_engine(sockdir):
+    """The layers take the shared constants from vchan._constants: a process that drives a C
+    library never imports vchan._core (nor registers its at-fork hook), even when the pure
+    engine is this process's engine; the rings of a C library's channel are unknown."""
+    code = (
+        "import sys, vchan, vchan.asyncio, vchan.libvchan\n"
+        "srv = vchan.server(0, 77)\n"
+        "assert srv.state == vchan.State.WAITING\n"
+        "assert srv.read_ring is None and srv.write_ring is None\n"
+        "srv.close()\n"
+        "assert 'vchan._core' not in sys.modules, 'the pure engine was imported'\n"
+    )
+    env = dict(os.environ, VCHAN_PURE_PYTHON="1", VCHAN_BACKEND=clib_path(),
+               VCHAN_SOCKET_DIR=sockdir)
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=TIMEOUT)
+
+
+def test_endpoint_rings(sockdir):
+    """Ring sizes are part of the endpoint: the engines tell them, a C library cannot."""
+    for name in ("python", "speedups", "c"):
+        srv = vchan.server(0, 78, 4096, 8192, backend=backend_arg(name))
+        try:
+            expected = (None, None) if name == "c" else (4096, 8192)
+            assert (srv.read_ring, srv.write_ring) == expected
+            cli = vchan.client(0, 78, backend=backend_arg(name))
+            ring = None if name == "c" else 65536
+            assert (cli.read_ring, cli.write_ring) == (ring, ring)
+            cli.close()
+        finally:
+            srv.close()

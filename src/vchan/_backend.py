@@ -30,7 +30,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
-from . import _config, _core, _engine
+from . import _config, _engine
+from ._constants import DISCONNECTED, InBuf, OutBuf
 
 if TYPE_CHECKING:
     from ._engine import EngineChannel
@@ -54,12 +55,21 @@ SPEEDUPS = _engine.SPEEDUPS
 
 
 class Endpoint(Protocol):
-    """libvchan semantics; failures raise OSError with an errno (as vchan.channel's)."""
+    """libvchan semantics; failures raise OSError with an errno (as vchan.channel's).
 
-    def read(self, buf: _core.OutBuf, size: int) -> int: ...
-    def recv(self, buf: _core.OutBuf, size: int) -> int: ...
-    def write(self, data: _core.InBuf, size: int) -> int: ...
-    def send(self, data: _core.InBuf, size: int) -> int: ...
+    ``read_ring`` and ``write_ring`` are the ring sizes, ``None`` where the backend cannot
+    tell (a C library's API does not say).
+    """
+
+    @property
+    def read_ring(self) -> int | None: ...
+    @property
+    def write_ring(self) -> int | None: ...
+
+    def read(self, buf: OutBuf, size: int) -> int: ...
+    def recv(self, buf: OutBuf, size: int) -> int: ...
+    def write(self, data: InBuf, size: int) -> int: ...
+    def send(self, data: InBuf, size: int) -> int: ...
     def wait(self) -> int: ...
     def is_open(self) -> int: ...
     def data_ready(self) -> int: ...
@@ -174,6 +184,10 @@ class CEndpoint:
     wait; "nothing now" is 0 and a gone peer is EPIPE, as with a real non-blocking mode.
     """
 
+    #: libvchan.h has no call that tells the ring sizes.
+    read_ring: int | None = None
+    write_ring: int | None = None
+
     def __init__(self, lib: Any, handle: Any) -> None:
         self._lib = lib
         self._h: Any = handle
@@ -212,9 +226,9 @@ class CEndpoint:
         return ret
 
     def _gone(self) -> bool:
-        return self.is_open() == _core.DISCONNECTED
+        return self.is_open() == DISCONNECTED
 
-    def read(self, buf: _core.OutBuf, size: int) -> int:
+    def read(self, buf: OutBuf, size: int) -> int:
         if self._emulated and size:
             ready = self.data_ready()
             if not ready:
@@ -240,7 +254,7 @@ class CEndpoint:
             raise self._error()
         return ret
 
-    def recv(self, buf: _core.OutBuf, size: int) -> int:
+    def recv(self, buf: OutBuf, size: int) -> int:
         if self._emulated and size and self.data_ready() < size:
             gone = self._gone()
             if self.data_ready() < size:
@@ -261,7 +275,7 @@ class CEndpoint:
             raise self._error()
         return ret
 
-    def write(self, data: _core.InBuf, size: int) -> int:
+    def write(self, data: InBuf, size: int) -> int:
         if self._emulated and size:
             if self._gone():
                 raise OSError(errno.EPIPE, "vchan peer disconnected")
@@ -282,7 +296,7 @@ class CEndpoint:
             raise self._error()
         return ret
 
-    def send(self, data: _core.InBuf, size: int) -> int:
+    def send(self, data: InBuf, size: int) -> int:
         if self._emulated and size:
             if self._gone():
                 raise OSError(errno.EPIPE, "vchan peer disconnected")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import enum
 from types import TracebackType
 
-from . import _backend, _config, _core, _engine
+from . import _backend
 from ._backend import Endpoint
+from ._constants import CONNECTED, DISCONNECTED, WAITING
 from .exceptions import from_oserror
 
 __all__ = ["Endpoint", "State", "Vchan", "client", "server"]
@@ -15,9 +16,9 @@ __all__ = ["Endpoint", "State", "Vchan", "client", "server"]
 class State(enum.IntEnum):
     """Channel state; the values equal the C constants ``VCHAN_*``."""
 
-    DISCONNECTED = _core.DISCONNECTED
-    CONNECTED = _core.CONNECTED
-    WAITING = _core.WAITING
+    DISCONNECTED = DISCONNECTED
+    CONNECTED = CONNECTED
+    WAITING = WAITING
 
 
 _STATES = {int(s): s for s in State}  # a dict lookup: State(value) costs an enum call
@@ -37,9 +38,9 @@ class Vchan:
         self._blocking = True
         #: Size of the read ring, when the backend knows it (the engines do, a C library
         #: does not).
-        self.read_ring = read_ring
+        self.read_ring = endpoint.read_ring if read_ring is None else read_ring
         #: Size of the write ring, when the backend knows it.
-        self.write_ring = write_ring
+        self.write_ring = endpoint.write_ring if write_ring is None else write_ring
 
     def _endpoint(self) -> Endpoint:
         ep = self._ep
@@ -277,5 +278,11 @@ def client(domain: int, port: int, timeout: float | None = None, *,
         endpoint = _backend.wait_client(pending, timeout)
     except OSError as exc:
         raise from_oserror(exc) from None
-    rings = _config.CLIENT_RING if _engine.is_channel(endpoint) else None
-    return Vchan(endpoint, read_ring=rings, write_ring=rings)
+    return Vchan(endpoint)
+
+
+def endpoint_of(vc: Vchan) -> Endpoint:
+    """The endpoint under ``vc`` (``ValueError`` once closed): for the layers built on a
+    :class:`Vchan` (:mod:`vchan.asyncio`, :mod:`vchan.anyio`), whose hot paths call it
+    directly. Not a public name."""
+    return vc._endpoint()

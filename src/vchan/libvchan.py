@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _engine
-from ._core import CONNECTED, DISCONNECTED, WAITING
+from ._constants import CONNECTED, DISCONNECTED, WAITING
 
 if TYPE_CHECKING:
     from . import _core, _speedups
@@ -95,20 +95,20 @@ def libvchan_server_init(domain: int, port: int, read_min: int, write_min: int) 
     """Listen for the client in ``domain`` on ``port``; returns at once, state
     ``VCHAN_WAITING``. Rings per Xen's rules from ``read_min``/``write_min``. ``None`` on
     failure (EINVAL, ENAMETOOLONG, ENOENT, EEXIST, EADDRINUSE, ...)."""
-    return _server_init(_engine.Channel, domain, port, read_min, write_min)
+    return _server_init(_engine.channel_class(_engine.ENGINE), domain, port, read_min, write_min)
 
 
 def libvchan_client_init(domain: int, port: int) -> Channel | None:
     """Connect to the server of ``domain`` on ``port``, waiting for it to appear
     (rings 65536/65536). ``None`` on failure (EINVAL, ENAMETOOLONG, ENOENT, EACCES, ...)."""
-    return _client_init(_engine.Channel, domain, port)
+    return _client_init(_engine.channel_class(_engine.ENGINE), domain, port)
 
 
 def libvchan_client_init_async(domain: int, port: int) -> tuple[Channel, int] | None:
     """Start connecting without blocking: ``(handle, watch_fd)``, or
     ``None``. Poll ``watch_fd`` for readability, then call
     :func:`libvchan_client_init_async_finish` (C returns the fd through a pointer)."""
-    return _client_init_async(_engine.Channel, domain, port)
+    return _client_init_async(_engine.channel_class(_engine.ENGINE), domain, port)
 
 
 _Class = type["_core.Channel"] | type["_speedups.Channel"]  # vchan._engine.channel_class

@@ -29,17 +29,16 @@ import select
 import socket
 import threading
 import weakref
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 from .. import _config, _linux
 
-#: What the data calls take: any contiguous byte buffer (bytes pass through uncopied).
-InBuf = bytes | bytearray | memoryview
-OutBuf = bytearray | memoryview
-
-DISCONNECTED: Final = 0
-CONNECTED: Final = 1
-WAITING: Final = 2
+# Re-exported: the engine's modules take them from here, like internal.h's.
+from .._constants import CONNECTED as CONNECTED
+from .._constants import DISCONNECTED as DISCONNECTED
+from .._constants import WAITING as WAITING
+from .._constants import InBuf as InBuf
+from .._constants import OutBuf as OutBuf
 
 _EPOLL_IN = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
 _EPOLL_INOUT = _EPOLL_IN | select.EPOLLOUT

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio as _asyncio
 from collections.abc import Callable
 
-from vchan import _backend, _config, _engine
+from vchan import _backend
 from vchan.channel import State, Vchan
 from vchan.channel import server as _server
 from vchan.exceptions import from_oserror
@@ -51,8 +51,7 @@ async def connected_client(
         pending.close()  # cancelled (or timed out): abandon the attempt
         raise
     endpoint = pending.endpoint()
-    ring = _config.CLIENT_RING if _engine.is_channel(endpoint) else None
-    return Vchan(endpoint, read_ring=ring, write_ring=ring)
+    return Vchan(endpoint)
 
 
 async def connected_server(

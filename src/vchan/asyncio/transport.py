@@ -14,9 +14,9 @@ import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from vchan import _core
+from vchan._constants import DISCONNECTED
 from vchan.asyncio._connect import connected_client, connected_server
-from vchan.channel import Vchan
+from vchan.channel import Vchan, endpoint_of
 from vchan.exceptions import Disconnected, from_oserror
 
 #: StreamReader buffer limit and write-queue high-water mark, as in asyncio.
@@ -63,7 +63,7 @@ class VchanTransport(_asyncio.Transport):
         vc.set_blocking(False)
         # The engine's endpoint, called directly (no Vchan layer) on the hot paths: its
         # methods return counts (0: nothing now) and raise OSError with an errno.
-        endpoint = vc._endpoint()
+        endpoint = endpoint_of(vc)
         self._ep_wait = endpoint.wait
         self._ep_read = endpoint.read
         self._ep_write = endpoint.write
@@ -139,7 +139,7 @@ class VchanTransport(_asyncio.Transport):
             elif not self._eof:
                 # Not reading: the peer's departure must still close us (and fail drain()).
                 try:
-                    gone = self._ep_is_open() == _core.DISCONNECTED
+                    gone = self._ep_is_open() == DISCONNECTED
                 except (OSError, ValueError) as exc:
                     self._fatal(exc)
                     return
