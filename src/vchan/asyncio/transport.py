@@ -338,13 +338,17 @@ class VchanTransport(_asyncio.Transport):
         self._drop_queue()
         self._shutdown(err)
 
-    def _call_connection_made(self) -> None:
+    def _call_protocol(self, callback: str, *args: object) -> None:
+        """Call the protocol's ``callback``; if it raises, close with that error."""
         try:
-            self._protocol.connection_made(self)
+            getattr(self._protocol, callback)(*args)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:  # noqa: BLE001 - the protocol's: close with it
-            self._protocol_failed(exc, "connection_made")
+            self._protocol_failed(exc, callback)
+
+    def _call_connection_made(self) -> None:
+        self._call_protocol("connection_made", self)
 
     def _call_connection_lost(self, exc: Exception | None) -> None:
         try:
@@ -363,21 +367,11 @@ class VchanTransport(_asyncio.Transport):
 
     def _pause_protocol(self) -> None:
         self._write_paused = True
-        try:
-            self._protocol.pause_writing()
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:  # noqa: BLE001 - the protocol's: close with it
-            self._protocol_failed(exc, "pause_writing")
+        self._call_protocol("pause_writing")
 
     def _resume_protocol(self) -> None:
         self._write_paused = False
-        try:
-            self._protocol.resume_writing()
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:  # noqa: BLE001 - the protocol's: close with it
-            self._protocol_failed(exc, "resume_writing")
+        self._call_protocol("resume_writing")
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
         # As CPython's _SelectorTransport: an open transport that nobody references any more
