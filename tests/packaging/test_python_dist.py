@@ -77,7 +77,8 @@ def test_wheel_contents(pydist: Path, kind: str) -> None:
         "vchan/asyncio/transport.py",
         "vchan/asyncio/streams.py",
         "vchan/asyncio/server.py",
-        "vchan/cli.py",
+        "vchan/cli/__init__.py",
+        "vchan/cli/parser.py",
         "vchan/_version.py",
         "vchan/_speedups.pyi",
     }
