@@ -36,6 +36,15 @@
  *   race these rounds repeat); blocking recvs of the peer info and the prefix; a send of an
  *   ack.
  *
+ * Rounds differ in two pauses, as of a program descheduled at that point:
+ *  - the server's, between its first poll and its wait() (0, 3, 15 or 40 ms by round r % 4):
+ *    the client's hello then arrives before or after the server's wait(), whatever the
+ *    relative speed of the two programs;
+ *  - the client's, after sending its hello, in rounds r % 4 == 1 (100 ms, scaled). Its read
+ *    of the peer info is a consumption the server asked for (buffer_space()), so it makes
+ *    the server's fd readable too and, when it comes late, would hide a lost hello event;
+ *    in those rounds the server's poll must return within half that pause.
+ *
  * Exit status 0 when every round went as described; 1, with the reason on stderr, at the
  * first deviation. Every wait has a deadline: poll timeouts (qrexec's 10 s, scaled by
  * $VCHAN_TEST_TIMEOUT), and alarm() around the calls that block (recv, wait, client_init).
@@ -56,6 +65,13 @@ enum {
 };
 
 #define PREFIX_LEN 6000 /* more than a page, less than the 64 KiB ring */
+
+/* server's pause between its poll and its wait() for the client, by round */
+static const unsigned race_delay_us[4] = { 0, 3000, 15000, 40000 };
+
+/* the client's pause after its hello, in rounds r % 4 == 1 (scaled seconds) */
+#define CLIENT_PAUSE 0.1
+#define CLIENT_PAUSES(r) ((r) % 4 == 1)
 
 static double t_limit; /* $VCHAN_TEST_TIMEOUT: qrexec's 10 s timeouts, scaled */
 static bool daemon_flavour;
@@ -142,6 +158,9 @@ static void server(int domain, int port, int rounds, const char *sync)
 		if (n == 0)
 			die("round %d: no client connection showed on the select fd within %.1f s",
 			    r, t_limit);
+		/* a server may be descheduled here: in 3 rounds of 4 the client's hello (sent as
+		 * soon as it is connected) then lands before the wait(), whatever the speeds */
+		usleep(race_delay_us[r % 4]);
 		if (do_wait(c, "wait() for the client (the fd polled readable)", &took) < 0)
 			die_errno("round %d: wait() for the client", r);
 		t_conn = now();
@@ -171,6 +190,11 @@ static void server(int domain, int port, int rounds, const char *sync)
 			    r, took);
 		if (took > max_poll)
 			max_poll = took;
+		if (CLIENT_PAUSES(r) && took > scaled(CLIENT_PAUSE) / 2)
+			die("round %d: the poll before the prefix data returned only after %.3f s, when "
+			    "the paused client read our peer info (the client's hello must be an "
+			    "event of its own, not merged with the connection: SPEC section 5)",
+			    r, took);
 		if (do_wait(c, "wait() after the fd polled readable", &took) < 0)
 			die_errno("round %d: wait()", r);
 		if (took > max_wait)
@@ -277,6 +301,8 @@ static void client(bool async, int domain, int port, int rounds, const char *syn
 				   "blocking recv of the server's hello");
 		/* at once: the server may not have run its wait() yet */
 		send_hdr(c, T_HELLO_CLIENT, (uint32_t)r, "send of the client's hello");
+		if (CLIENT_PAUSES(r))
+			usleep((unsigned)(scaled(CLIENT_PAUSE) * 1e6));
 		expect_hdr(c, T_PEER_INFO, (uint32_t)r, "blocking recv of the server's peer info");
 		expect_hdr(c, T_PREFIX, PREFIX_LEN, "blocking recv of the prefix header");
 		recv_exact(c, prefix, sizeof(prefix), "blocking recv of the prefix data");

@@ -4,14 +4,16 @@ usage: python qrexec_setup.py server|client-async|client-blocking daemon|data \
            DOMAIN PORT ROUNDS SYNC
 
 The same program as qrexec_setup.c, on :mod:`vchan.libvchan`; that file's comment describes
-the two flavours, the start-order tokens and each step. Exit status 0 when every round went
-as described; 1, with the reason on stderr, at the first deviation.
+the two flavours, the start-order tokens, each step and the pauses that vary by round. Exit
+status 0 when every round went as described; 1, with the reason on stderr, at the first
+deviation.
 """
 
 from __future__ import annotations
 
 import select
 import sys
+import time
 
 import _progs as P
 from _progs import die, die_errno, guard, now, scaled
@@ -25,6 +27,13 @@ T_PEER_INFO = 0x103
 T_PREFIX = 0x104
 T_ACK = 0x105
 PREFIX_LEN = 6000
+RACE_DELAY = (0.0, 0.003, 0.015, 0.040)  # server's pause between its poll and wait(), by round
+CLIENT_PAUSE = 0.1  # the client's pause after its hello, scaled, in rounds r % 4 == 1
+
+
+def client_pauses(r: int) -> bool:
+    return r % 4 == 1
+
 
 t_limit = 10.0
 daemon_flavour = False
@@ -80,6 +89,9 @@ def server(domain: int, port: int, rounds: int, sync: str) -> None:
         p.register(lv.libvchan_fd_for_select(c), select.POLLIN)
         if not P.poll_until(p, now() + t_limit):
             die(f"round {r}: no client connection showed on the select fd within {t_limit:.1f} s")
+        # a server may be descheduled here: in 3 rounds of 4 the client's hello (sent as soon
+        # as it is connected) then lands before the wait(), whatever the speeds
+        time.sleep(RACE_DELAY[r % 4])
         if do_wait(c, "wait() for the client (the fd polled readable)")[0] < 0:
             die_errno(f"round {r}: wait() for the client", lv.last_errno())
         t_conn = now()
@@ -111,6 +123,12 @@ def server(domain: int, port: int, rounds: int, sync: str) -> None:
                 "SPEC section 5)"
             )
         max_poll = max(max_poll, took)
+        if client_pauses(r) and took > scaled(CLIENT_PAUSE) / 2:
+            die(
+                f"round {r}: the poll before the prefix data returned only after {took:.3f} s, "
+                "when the paused client read our peer info (the client's hello must be an event "
+                "of its own, not merged with the connection: SPEC section 5)"
+            )
         rc, took = do_wait(c, "wait() after the fd polled readable")
         if rc < 0:
             die_errno(f"round {r}: wait()", lv.last_errno())
@@ -201,6 +219,8 @@ def client(is_async: bool, domain: int, port: int, rounds: int, sync: str) -> No
             expect_hdr(c, T_HELLO_SERVER, r, "blocking recv of the server's hello")
         # at once: the server may not have run its wait() yet
         send_hdr(c, T_HELLO_CLIENT, r, "send of the client's hello")
+        if client_pauses(r):
+            time.sleep(scaled(CLIENT_PAUSE))
         expect_hdr(c, T_PEER_INFO, r, "blocking recv of the server's peer info")
         expect_hdr(c, T_PREFIX, PREFIX_LEN, "blocking recv of the prefix header")
         prefix = recv_exact(c, PREFIX_LEN, "blocking recv of the prefix data")

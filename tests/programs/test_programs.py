@@ -20,7 +20,12 @@ also lib-lib, lib-Py and Py-lib (the C programs linked to that library instead o
 
 A program exits non-zero and says why on any deviation, and never hangs: every wait has a
 deadline (``VCHAN_TEST_TIMEOUT``-scaled, as in tests/conftest.py), and the driver kills what
-is left when its own deadline passes. Run: ``.venv/bin/python -m pytest -q tests/programs``.
+is left when its own deadline passes. Run: ``.venv/bin/python -m pytest -q tests/programs``
+(``-rP`` shows each program's summary line: timings, wake-up counts). One program by hand:
+``PYTHONPATH=src VCHAN_SOCKET_DIR=$(mktemp -d /tmp/vcXXXX) python tests/programs/gui_loop.py
+server 0 3 100`` (and the client likewise). The twins are type-checked as top-level modules:
+``MYPYPATH=tests/programs .venv/bin/mypy --strict --follow-imports=silent -m _progs -m gui_loop
+-m qrexec_data -m qrexec_setup -m qubesdb``.
 """
 
 from __future__ import annotations
@@ -205,6 +210,7 @@ class Scenario:
         once) and are then killed, so a failure costs no more than its own deadline.
         Returns the time from the first start to the last exit.
         """
+        __tracebackhide__ = True
         end = time.monotonic() + timeout
         failed_at: float | None = None
         while True:
