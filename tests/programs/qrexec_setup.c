@@ -142,6 +142,9 @@ static void server(int domain, int port, int rounds, const char *sync)
 		double t_conn, t0, took;
 		int n, space, state;
 
+		st = stream_new((uint64_t)r + 1); /* the prefix, ready before the clock starts */
+		stream_fill(st, 0, prefix, sizeof(prefix));
+		free(st);
 		sync_take(sync, now() + t_limit);
 		c = libvchan_server_init(domain, port + r, 65536, 65536);
 		if (!c)
@@ -202,9 +205,6 @@ static void server(int domain, int port, int rounds, const char *sync)
 		if (took > scaled(1))
 			die("round %d: wait() took %.3f s after the fd polled readable", r, took);
 
-		st = stream_new((uint64_t)r + 1);
-		stream_fill(st, 0, prefix, sizeof(prefix));
-		free(st);
 		send_hdr(c, T_PREFIX, PREFIX_LEN, "send of the prefix header");
 		guard_start("write of the prefix data", 2 * t_limit);
 		n = libvchan_write(c, prefix, sizeof(prefix));

@@ -75,6 +75,7 @@ def do_wait(c: Channel, what: str) -> tuple[int, float]:
 def server(domain: int, port: int, rounds: int, sync: str) -> None:
     max_setup = max_poll = max_wait = 0.0
     for r in range(rounds):
+        prefix = P.Stream(r + 1).fill(0, PREFIX_LEN)  # ready before the clock starts
         P.sync_take(sync, now() + t_limit)
         c = lv.libvchan_server_init(domain, port + r, 65536, 65536)
         if c is None:
@@ -136,7 +137,6 @@ def server(domain: int, port: int, rounds: int, sync: str) -> None:
         if took > scaled(1):
             die(f"round {r}: wait() took {took:.3f} s after the fd polled readable")
 
-        prefix = P.Stream(r + 1).fill(0, PREFIX_LEN)
         send_hdr(c, T_PREFIX, PREFIX_LEN, "send of the prefix header")
         with guard("write of the prefix data", 2 * t_limit):
             n = lv.libvchan_write(c, prefix, PREFIX_LEN)
