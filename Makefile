@@ -6,14 +6,16 @@ PREFIX ?= /usr/local
 export PREFIX
 
 .PHONY: all lib demo test lint typecheck pytest test-sanitize install bench soak clean \
-	dist deb rpm test-packages
+	dist deb rpm test-packages docs
 
 all: lib
 
 lib:
 	$(MAKE) -C libvchan-socket
 
-$(VENV)/.installed: pyproject.toml version
+# The editable install builds the compiled engine vchan._speedups in place (src/vchan);
+# the test suite rebuilds it when its C sources change (tests/_speedups.py).
+$(VENV)/.installed: pyproject.toml setup.py version
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -e '.[test]'
@@ -23,7 +25,7 @@ demo:
 	PYTHONPATH=src $(PYTHON) -m vchan demo
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff check src tests bench docs
 
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy
@@ -31,11 +33,16 @@ typecheck: $(VENV)/.installed
 pytest: $(VENV)/.installed lib
 	$(VPY) -m pytest -q
 
-test: lint typecheck pytest test-sanitize
+# The docs first: a broken reference, a warning or a missing page fails the run early, and
+# tests/test_docs.py then checks the man page it built.
+test: lint typecheck docs pytest test-sanitize
 
+# ASan+UBSan: the C library (over cffi), then the compiled engine (the same sources in the
+# extension, and the extension's own code).
 test-sanitize: $(VENV)/.installed
 	$(MAKE) -C libvchan-socket sanitize
 	PYTHON=$(abspath $(VPY)) ./libvchan-socket/run-sanitized-tests.sh
+	PYTHON=$(abspath $(VPY)) ./speedups/run-sanitized-tests.sh
 
 install:
 	$(MAKE) -C libvchan-socket install
@@ -46,6 +53,19 @@ $(VENV)/.bench: $(VENV)/.installed
 
 bench: $(VENV)/.bench lib
 	$(VPY) -m bench $(BENCH_ARGS)
+
+$(VENV)/.docs: $(VENV)/.installed
+	$(VPY) -m pip install -q -e '.[test,docs]'
+	touch $@
+
+# The Sphinx site (build/docs/html) and the man page (build/docs/man/vchan.1), from docs/.
+# -W: warnings are errors; -E: read every page again (autodoc output depends on src/, which
+# Sphinx does not track), so a warning is never hidden by a cached page. About 10 s.
+DOCS_OUT ?= build/docs
+SPHINX = $(VPY) -m sphinx -E -W --keep-going -q -j auto
+docs: $(VENV)/.docs
+	$(SPHINX) -b html -d $(DOCS_OUT)/doctrees docs $(DOCS_OUT)/html
+	$(SPHINX) -b man -d $(DOCS_OUT)/doctrees docs $(DOCS_OUT)/man
 
 # Random verified transfers for as long as asked (not in CI): make soak SOAK_SECONDS=3600
 SOAK_SECONDS ?= 600
@@ -67,12 +87,18 @@ $(VENV)/.dist: $(VENV)/.installed
 	$(VPY) -m pip install -q -e '.[test,dist]'
 	touch $@
 
-# The sdist and the wheel, in $(DISTDIR). python -m build makes the wheel from the sdist,
-# so a file missing from the sdist breaks the build.
+# The sdist and the wheels, in $(DISTDIR). python -m build makes the wheel from the sdist,
+# so a file missing from the sdist breaks the build. With a C compiler that wheel carries the
+# compiled engine (a platform wheel, linux_<arch>), and auditwheel repair adds its
+# manylinux-tagged twin; without one it is pure Python (py3-none-any) and there is no twin.
 DISTDIR ?= dist
 dist: $(VENV)/.dist
 	rm -f $(DISTDIR)/vchan-*.tar.gz $(DISTDIR)/vchan-*.whl
 	$(VPY) -m build --outdir $(DISTDIR) .
+	for whl in $(DISTDIR)/vchan-*-linux_*.whl; do \
+		[ ! -e "$$whl" ] || PATH="$(abspath $(VENV))/bin:$$PATH" \
+			$(VENV)/bin/auditwheel repair -w $(DISTDIR) "$$whl" || exit 1; \
+	done
 
 # libvchan-socket1 and libvchan-socket-dev, in $(PKGOUT)/deb/, built in a copy of the tree
 # (dpkg-buildpackage writes its results next to the source directory).
@@ -106,10 +132,11 @@ test-packages: $(VENV)/.dist
 	mkdir -p $(P)
 	VCHAN_TEST_PACKAGES=1 VCHAN_TEST_DEB_MARK=$(DEB_MARK) $(VPY) -m pytest -q tests/packaging; \
 	status=$$?; \
-	if [ -e $(DEB_MARK) ]; then dpkg --purge libvchan-socket-dev libvchan-socket1; \
+	if [ -e $(DEB_MARK) ]; then dpkg --purge libvchan-socket-default-dev libvchan-socket-dev libvchan-socket1; \
 		rm -f $(DEB_MARK); fi; \
 	exit $$status
 
 clean:
 	-$(MAKE) -C libvchan-socket clean
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist build-pkg rpm_spec/*.spec
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist build-pkg build rpm_spec/*.spec \
+		src/vchan/_speedups*.so

@@ -145,6 +145,9 @@ def _py_env(extra: dict[str, str]) -> dict[str, str]:
     if env.get("PYTHONPATH"):
         path.append(env["PYTHONPATH"])
     env["PYTHONPATH"] = os.pathsep.join(path)
+    # The "pure Python" and "vchan.asyncio" rows measure the pure-Python engine, which is no
+    # longer the default where the compiled one (vchan._speedups) is built.
+    env["VCHAN_PURE_PYTHON"] = "1"
     env.update(extra)
     return env
 

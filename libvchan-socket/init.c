@@ -24,7 +24,8 @@
 
 #define INOTIFY_MASK (IN_CREATE | IN_MOVED_TO | IN_DELETE | IN_MOVED_FROM | IN_ATTRIB)
 
-static struct libvchan *vchan__alloc(void)
+/* allow_any_uid: 0 or 1, or -1 for $VCHAN_ALLOW_ANY_UID. */
+static struct libvchan *vchan__alloc(int allow_any_uid)
 {
 	struct libvchan *c = calloc(1, sizeof(*c));
 
@@ -37,7 +38,7 @@ static struct libvchan *vchan__alloc(void)
 	c->refs = 1;
 	c->blocking = 1;
 	c->state = VCHAN_WAITING;
-	c->allow_any_uid = vchan__env_allow_any_uid();
+	c->allow_any_uid = allow_any_uid < 0 ? vchan__env_allow_any_uid() : allow_any_uid != 0;
 	pthread_mutex_init(&c->slock, NULL);
 	pthread_mutex_init(&c->wlock, NULL);
 	pthread_mutex_init(&c->rlock, NULL);
@@ -328,6 +329,8 @@ void vchan__try_accept(struct libvchan *c, bool in_wait)
 	 * WAITING (wait() harvests the immediate edge before returning).
 	 */
 	latch = !in_wait;
+	/* the wait() that reports the connection keeps the first bytes' event (SPEC section 5) */
+	vchan__store(&c->conn_event, 1);
 	out = latch || vchan__load(&c->armed);
 	vchan__lock(&c->nlock);
 	c->mask_out = out;
@@ -346,10 +349,11 @@ out:
 
 /*
  * Block until a WAITING server's listener is readable, then try to accept. Returns 0,
- * or -1/EBADF if the channel was closed.
+ * or -1/EBADF if the channel was closed (-1/EINTR if an embedding's hook ended the wait).
  */
 int vchan__wait_listener(struct libvchan *c)
 {
+	bool intr;
 	int fd;
 
 	vchan__lock(&c->slock);
@@ -366,7 +370,7 @@ int vchan__wait_listener(struct libvchan *c)
 	c->listen_users++;
 	vchan__unlock(&c->slock);
 
-	(void)vchan__poll1(fd, POLLIN, -1);
+	intr = vchan__poll1(fd, POLLIN, -1) < 0 && errno == EINTR;
 
 	vchan__lock(&c->slock);
 	if (--c->listen_users == 0 && c->listen_retired) {
@@ -379,12 +383,22 @@ int vchan__wait_listener(struct libvchan *c)
 		errno = EBADF;
 		return -1;
 	}
+	if (intr) {
+		errno = EINTR;
+		return -1;
+	}
 	vchan__try_accept(c, false);
 	return 0;
 }
 
 VCHAN_API libvchan_t *libvchan_server_init(int domain, int port, size_t read_min,
 					   size_t write_min)
+{
+	return vchan__server_init(domain, port, read_min, write_min, -1);
+}
+
+libvchan_t *vchan__server_init(int domain, int port, size_t read_min, size_t write_min,
+			       int allow_any_uid)
 {
 	struct libvchan *c;
 	int local, lock_fd;
@@ -395,7 +409,7 @@ VCHAN_API libvchan_t *libvchan_server_init(int domain, int port, size_t read_min
 		errno = EINVAL;
 		return NULL;
 	}
-	c = vchan__alloc();
+	c = vchan__alloc(allow_any_uid);
 	if (!c)
 		return NULL;
 	c->is_server = true;
@@ -586,13 +600,20 @@ int vchan__finish(struct libvchan *c, bool blocking)
 			return r;
 		do
 			r = epoll_wait(c->epfd, ev, 4, -1);
-		while (r < 0 && errno == EINTR);
+		while (r < 0 && errno == EINTR && vchan__intr_retry());
 		if (r < 0)
 			return -1;
 	}
 }
 
-VCHAN_API libvchan_t *libvchan_client_init_async(int domain, int port, EVTCHN *watch_fd)
+/*
+ * Client set-up. `watch`: the caller polls the watch fd before finish() (async init), so a
+ * connection made here must make it readable, as Xen's xenstore watch fires at once: the
+ * connection is latched as an event, reported by the next wait() (SPEC section 2).
+ * allow_any_uid as for vchan__alloc().
+ */
+libvchan_t *vchan__client_start(int domain, int port, EVTCHN *watch_fd, bool watch,
+				int allow_any_uid)
 {
 	struct libvchan *c;
 	char dir[VCHAN__PATH_MAX + 1];
@@ -606,7 +627,7 @@ VCHAN_API libvchan_t *libvchan_client_init_async(int domain, int port, EVTCHN *w
 	}
 	if (vchan__check_args(domain, port) || vchan__local_domain(&local))
 		return NULL;
-	c = vchan__alloc();
+	c = vchan__alloc(allow_any_uid);
 	if (!c)
 		return NULL;
 	c->read_ring = c->write_ring = VCHAN__CLIENT_RING;
@@ -665,6 +686,10 @@ VCHAN_API libvchan_t *libvchan_client_init_async(int domain, int port, EVTCHN *w
 	if (r < 0)
 		goto fail_connect;
 done:
+	if (r == 0 && watch) {
+		vchan__store(&c->conn_event, 1);
+		vchan__latch(c);
+	}
 	*watch_fd = c->epfd;
 	return c;
 fail_connect:
@@ -672,6 +697,11 @@ fail_connect:
 fail:
 	vchan__abort(c);
 	return NULL;
+}
+
+VCHAN_API libvchan_t *libvchan_client_init_async(int domain, int port, EVTCHN *watch_fd)
+{
+	return vchan__client_start(domain, port, watch_fd, true, -1);
 }
 
 VCHAN_API int libvchan_client_init_async_finish(libvchan_t *ctrl, bool blocking)
@@ -688,7 +718,7 @@ VCHAN_API int libvchan_client_init_async_finish(libvchan_t *ctrl, bool blocking)
 VCHAN_API libvchan_t *libvchan_client_init(int domain, int port)
 {
 	EVTCHN fd;
-	struct libvchan *c = libvchan_client_init_async(domain, port, &fd);
+	struct libvchan *c = vchan__client_start(domain, port, &fd, false, -1);
 
 	if (!c)
 		return NULL;

@@ -34,7 +34,11 @@
 
 #include "libvchan.h"
 
+/* The exported API. An embedding that compiles these sources into itself (the Python
+ * extension vchan._speedups) defines VCHAN_API empty, so that it exports nothing of ours. */
+#ifndef VCHAN_API
 #define VCHAN_API __attribute__((visibility("default")))
+#endif
 
 /* Xen's DOMID_FIRST_RESERVED. */
 #define VCHAN__DOMAIN_LIMIT 32752
@@ -48,6 +52,8 @@
 #define VCHAN__BACKOFF_FIRST_MS 1
 #define VCHAN__BACKOFF_MAX_MS 100
 #define VCHAN__BACKOFF_NOINOTIFY_MS 10
+/* wait() moves at most this many queued bytes into the stash (DESIGN.md, prefetch). */
+#define VCHAN__PREFETCH_MAX 4096
 
 struct libvchan {
 	/* ---- immutable after init ---- */
@@ -99,6 +105,7 @@ struct libvchan {
 	int armed;          /* atomic: a consumption request is outstanding */
 	int rearm;          /* atomic: a request made while armed (it may have fired already) */
 	unsigned arm_seq;   /* atomic: odd while arm() is between its MOD and its harvest */
+	int conn_event;     /* atomic: the connection is an event no wait() has reported yet */
 	pthread_mutex_t nlock;
 	bool mask_out;      /* nlock: EPOLLOUT is in sock's registration */
 
@@ -108,6 +115,8 @@ struct libvchan {
 	size_t stash_cap;
 	size_t stash_off;
 	size_t stash_len;
+	int kreaders;       /* atomic: blocking reads inside recv() without rlock */
+	int prefetching;    /* atomic: wait() is moving queued bytes into the stash */
 };
 
 /* ---- atomics ---- */
@@ -115,6 +124,17 @@ struct libvchan {
 #define vchan__store(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
 
 /* ---- util.c ---- */
+/*
+ * Interruptible waits, for an embedding that must run code when a signal arrives (the
+ * Python extension: its signal handlers). The shared library never sets the hook, so
+ * every wait retries EINTR, as libvchan.h promises. When it is set, a wait that sleeps
+ * with no lock held (poll, epoll_wait, a blocking recv) calls it on EINTR: 0 retries the
+ * wait, anything else ends the API call with -1/EINTR, having consumed nothing that is
+ * not kept (a partial recv stays in the stash). A wait made with a lock held never calls
+ * it: no embedding code runs under our locks.
+ */
+extern int (*vchan__intr_hook)(void);
+bool vchan__intr_retry(void);
 size_t vchan__tsz(size_t n);
 size_t vchan__fit(size_t room);
 int vchan__local_domain(int *out);
@@ -123,6 +143,7 @@ bool vchan__env_allow_any_uid(void);
 bool vchan__peer_trusted(int fd, bool allow_any_uid);
 size_t vchan__setup_sndbuf(int fd, size_t write_ring);
 int vchan__poll1(int fd, short events, int timeout_ms);
+int vchan__poll1_locked(int fd, short events, int timeout_ms);
 int vchan__poll_now(int fd, short events);
 ssize_t vchan__send(int fd, const void *buf, size_t len);
 ssize_t vchan__recv(int fd, void *buf, size_t len);
@@ -133,6 +154,14 @@ void vchan__lock(pthread_mutex_t *m);
 void vchan__unlock(pthread_mutex_t *m);
 
 /* ---- init.c ---- */
+/* The init functions with VCHAN_ALLOW_ANY_UID given (0 or 1) instead of read from the
+ * environment (-1); the public ones pass -1. vchan__client_start() is client_init_async()
+ * (watch true) and the start of client_init() (watch false). For the public functions and
+ * an embedding (the Python extension). */
+libvchan_t *vchan__server_init(int domain, int port, size_t read_min, size_t write_min,
+			       int allow_any_uid);
+libvchan_t *vchan__client_start(int domain, int port, EVTCHN *watch_fd, bool watch,
+				int allow_any_uid);
 void vchan__try_accept(struct libvchan *c, bool in_wait);
 int vchan__wait_listener(struct libvchan *c);
 int vchan__finish(struct libvchan *c, bool blocking);
@@ -164,6 +193,7 @@ static inline void vchan__consumed(struct libvchan *c, size_t n)
 
 /* ---- io.c ---- */
 void vchan__ovf_discard(struct libvchan *c);
+bool vchan__prefetch(struct libvchan *c, int sock);
 int vchan__flush_overflow(struct libvchan *c, bool bounded, size_t *sent);
 
 /* ---- pusher.c ---- */

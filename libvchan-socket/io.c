@@ -516,6 +516,26 @@ static bool vchan__stash_empty_hint(struct libvchan *c)
 	return __atomic_load_n(&c->stash_len, __ATOMIC_RELAXED) == 0;
 }
 
+/*
+ * A blocking read or recv that found the stash empty sleeps in the kernel without rlock.
+ * wait()'s prefetch must not take bytes from under it (they would be delivered after the
+ * ones it gets): each side announces itself, then checks the other (sequentially
+ * consistent, so at least one of them sees the other and keeps out).
+ */
+static bool vchan__kread_enter(struct libvchan *c)
+{
+	__atomic_add_fetch(&c->kreaders, 1, __ATOMIC_SEQ_CST);
+	if (!__atomic_load_n(&c->prefetching, __ATOMIC_SEQ_CST) && vchan__stash_empty_hint(c))
+		return true;
+	__atomic_sub_fetch(&c->kreaders, 1, __ATOMIC_SEQ_CST);
+	return false;
+}
+
+static void vchan__kread_leave(struct libvchan *c)
+{
+	__atomic_sub_fetch(&c->kreaders, 1, __ATOMIC_SEQ_CST);
+}
+
 static size_t vchan__stash_take(struct libvchan *c, char *out, size_t n)
 {
 	n = vchan__min(n, c->stash_len);
@@ -551,9 +571,10 @@ VCHAN_API int libvchan_read(libvchan_t *c, void *data, size_t size)
 		return ret < 0 ? -1 : 0;
 	}
 	size = vchan__min(size, c->read_ring);
-	if (vchan__load(&c->blocking) && vchan__stash_empty_hint(c)) {
+	if (vchan__load(&c->blocking) && vchan__kread_enter(c)) {
 		/* one recv() that sleeps in the kernel until data, EOF or our close() */
 		r = vchan__krecv(c, data, size, 0);
+		vchan__kread_leave(c);
 		if (r > 0)
 			ret = (int)r;
 		else if (r == 0 || errno == ECONNRESET)
@@ -566,7 +587,15 @@ VCHAN_API int libvchan_read(libvchan_t *c, void *data, size_t size)
 	vchan__lock(&c->rlock);
 	for (;;) {
 		if (c->stash_len) {
-			ret = (int)vchan__stash_take(c, data, size);
+			size_t got = vchan__stash_take(c, data, size);
+
+			/* more asked than wait() prefetched: what the kernel has, without waiting */
+			if (got == VCHAN__PREFETCH_MAX && got < size) {
+				r = vchan__krecv(c, (char *)data + got, size - got, MSG_DONTWAIT);
+				if (r > 0)
+					got += (size_t)r;
+			}
+			ret = (int)got;
 			break;
 		}
 		r = vchan__krecv(c, data, size, MSG_DONTWAIT);
@@ -596,6 +625,68 @@ VCHAN_API int libvchan_read(libvchan_t *c, void *data, size_t size)
 	vchan__unlock(&c->rlock);
 	vchan__leave(c);
 	return ret;
+}
+
+static int vchan__stash_reserve(struct libvchan *c, size_t need);
+
+/*
+ * wait()'s measurement before its harvest (DESIGN.md "Notification", prefetch): one recv()
+ * moves what is queued (up to VCHAN__PREFETCH_MAX) into the stash. A recv() that took less
+ * than it could emptied the queue, so seen = consumed, with no FIONREAD; and the read or
+ * recv that follows wait() is served from the stash with no system call. Falls back to
+ * seen = consumed + FIONREAD when the stash is busy or full, or a blocking read sleeps in
+ * the kernel. Returns whether it took bytes wait() had not seen: they are this wait()'s event
+ * (the harvest cannot report them any more: epoll re-polls the item, and EPOLLIN no longer
+ * holds once the queue is empty).
+ */
+bool vchan__prefetch(struct libvchan *c, int sock)
+{
+	size_t k, old = vchan__load(&c->seen), room = 0;
+	ssize_t r = -1;
+	int q = 0;
+
+	if (pthread_mutex_trylock(&c->rlock) == 0) {
+		__atomic_store_n(&c->prefetching, 1, __ATOMIC_SEQ_CST);
+		if (!__atomic_load_n(&c->kreaders, __ATOMIC_SEQ_CST) &&
+		    vchan__stash_reserve(c, c->read_ring) == 0) {
+			if (c->stash_off && c->stash_len) {
+				memmove(c->stash, c->stash + c->stash_off, c->stash_len);
+				c->stash_off = 0;
+			} else if (!c->stash_len) {
+				c->stash_off = 0;
+			}
+			room = vchan__min(c->stash_cap - c->stash_len, VCHAN__PREFETCH_MAX);
+		}
+		if (room) {
+			r = vchan__recv_flags(sock, c->stash + c->stash_len, room, MSG_DONTWAIT);
+			if (r > 0) {
+				vchan__set_stash_len(c, c->stash_len + (size_t)r);
+				__atomic_add_fetch(&c->consumed, (size_t)r, __ATOMIC_ACQ_REL);
+			}
+			/* short (or EOF, or nothing queued): the queue is empty */
+			if ((r >= 0 && (size_t)r < room) ||
+			    (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)))
+				room = 0;
+			else
+				room = 1;
+		} else {
+			room = 1;
+		}
+		k = vchan__load(&c->consumed);
+		if (room) {
+			q = vchan__ioctl_int(sock, FIONREAD);
+			if (q < 0)
+				q = 0;
+		}
+		vchan__store(&c->seen, k + (size_t)q);
+		vchan__store(&c->prefetching, 0);
+		vchan__unlock(&c->rlock);
+		return r > 0 && k > old;
+	}
+	k = vchan__load(&c->consumed);
+	q = vchan__ioctl_int(sock, FIONREAD);
+	vchan__store(&c->seen, k + (size_t)(q > 0 ? q : 0));
+	return false;
 }
 
 /* The stash can hold `need` bytes (rlock held). 0 or -1/ENOMEM. */
@@ -628,8 +719,11 @@ static int vchan__deliver(struct libvchan *c, char *out, size_t n)
 		if (r > 0) {
 			got += (size_t)r;
 		} else if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-			/* FIONREAD counted these bytes; they cannot vanish */
-			(void)vchan__poll1(c->sock, POLLIN | POLLRDHUP, -1);
+			/*
+			 * FIONREAD counted these bytes; only a concurrent reader can have
+			 * taken them (then wait for more; rlock is held: not interruptible)
+			 */
+			(void)vchan__poll1_locked(c->sock, POLLIN | POLLRDHUP, -1);
 		} else {
 			/* cannot complete: put what we consumed back, nothing is lost */
 			if (vchan__stash_reserve(c, got) == 0) {
@@ -711,14 +805,20 @@ VCHAN_API int libvchan_recv(libvchan_t *c, void *data, size_t size)
 		vchan__leave(c);
 		return ret < 0 ? -1 : 0;
 	}
-	if (vchan__load(&c->blocking) && size <= c->read_ring && vchan__stash_empty_hint(c)) {
+	if (vchan__load(&c->blocking) && size <= c->read_ring && vchan__kread_enter(c)) {
 		/* one recv() that sleeps in the kernel until all `size` bytes are there */
 		r = vchan__krecv(c, out, size, MSG_WAITALL);
+		vchan__kread_leave(c);
 		if (r == (ssize_t)size) {
 			vchan__leave(c);
 			return (int)size;
 		}
-		/* EOF, reset or our close() came first: keep what arrived, decide below */
+		if (r < 0 && errno == EINTR) {
+			/* an embedding's hook ended the wait (internal.h): nothing was taken */
+			vchan__leave(c);
+			return -1;
+		}
+		/* EOF, reset, our close() or a signal came first: keep what arrived */
 		vchan__lock(&c->rlock);
 		if (r > 0 && vchan__stash_prepend(c, out, (size_t)r) < 0) {
 			ret = -1;
@@ -728,9 +828,27 @@ VCHAN_API int libvchan_recv(libvchan_t *c, void *data, size_t size)
 			ret = -1;
 			goto out;
 		}
+		if (r > 0 && vchan__intr_hook) {
+			/*
+			 * A short MSG_WAITALL may be a signal, which an embedding must see
+			 * (internal.h): its hook runs with no lock held; the bytes are stashed.
+			 */
+			vchan__unlock(&c->rlock);
+			errno = EINTR;
+			if (!vchan__intr_retry()) {
+				vchan__leave(c);
+				return -1;
+			}
+			vchan__lock(&c->rlock);
+		}
 		goto slow;
 	}
 	vchan__lock(&c->rlock);
+	if (c->stash_len >= size) {
+		/* wait() took the bytes already (prefetch): no system call */
+		ret = (int)vchan__stash_take(c, out, size);
+		goto out;
+	}
 	if (vchan__stash_reserve(c, c->read_ring) < 0) {
 		ret = -1;
 		goto out;

@@ -128,7 +128,7 @@ static int vchan__epoll_now(struct libvchan *c, struct epoll_event *ev, int n, i
 
 	do
 		r = epoll_wait(c->epfd, ev, n, timeout);
-	while (r < 0 && errno == EINTR);
+	while (r < 0 && errno == EINTR && (timeout == 0 || vchan__intr_retry()));
 	return r;
 }
 
@@ -212,7 +212,7 @@ void vchan__arm(struct libvchan *c)
 VCHAN_API int libvchan_wait(libvchan_t *c)
 {
 	struct epoll_event ev[4];
-	bool settle, blocked;
+	bool settle, blocked, fresh = false;
 	unsigned seq;
 	int r = 0, n, sock;
 
@@ -227,9 +227,9 @@ VCHAN_API int libvchan_wait(libvchan_t *c)
 		seq = vchan__load(&c->arm_seq);
 		sock = vchan__sock_now(c);
 		if (sock >= 0)
-			vchan__mark_seen(c, sock);
+			fresh = vchan__prefetch(c, sock); /* seen, measured by taking the queue */
 		n = vchan__epoll_now(c, ev, 4, 0);
-		blocked = n == 0;
+		blocked = n == 0 && !fresh;
 		if (blocked) {
 			n = vchan__epoll_now(c, ev, 4, -1);
 			settle = true; /* seen predates this harvest */
@@ -266,7 +266,9 @@ VCHAN_API int libvchan_wait(libvchan_t *c)
 		/* a request made since the last wait() keeps the request armed */
 		if (sock >= 0 && vchan__load(&c->armed) &&
 		    !__atomic_exchange_n(&c->rearm, 0, __ATOMIC_ACQ_REL) &&
-		    seq == vchan__load(&c->arm_seq) && !(seq & 1)) {
+		    seq == vchan__load(&c->arm_seq) && !(seq & 1) && !fresh) {
+			/* (fresh: the data's EPOLLIN was taken with it, so a bare EPOLLOUT is
+			 * not proof of a consumption: stay armed, as with EPOLLIN|EPOLLOUT) */
 			for (int i = 0; i < n; i++) {
 				uint32_t e = ev[i].events;
 
@@ -293,6 +295,15 @@ VCHAN_API int libvchan_wait(libvchan_t *c)
 		/* a latch made meanwhile by another thread keeps the readiness it queued */
 		if (!vchan__load(&c->latched))
 			(void)vchan__epoll_now(c, ev, 4, 0);
+		/*
+		 * This wait() reports the connection. Bytes that came with it are a separate
+		 * event (on Xen the peer's init and its first write each notify): keep them
+		 * readable for the next wait(). Checked after the harvest, so bytes arriving
+		 * later have an edge of their own.
+		 */
+		if (sock >= 0 && __atomic_exchange_n(&c->conn_event, 0, __ATOMIC_ACQ_REL) &&
+		    vchan__ioctl_int(sock, FIONREAD) > 0)
+			vchan__latch(c);
 	}
 out:
 	vchan__leave(c);

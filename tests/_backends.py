@@ -1,5 +1,6 @@
-"""Backends the Pythonic-layer tests run over: ``python``, our C library (``c``) and, when
-``VCHAN_TEST_LIB=/path/lib.so`` is set, that library (``lib``), as in the conformance suite.
+"""Backends the Pythonic-layer tests run over, as in the conformance suite: the engines
+``python`` (pure Python) and ``speedups`` (compiled), our C library (``c``) and, when
+``VCHAN_TEST_LIB=/path/lib.so`` is set, that library (``lib``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from tests.conftest import CLIB, _build_clib
 
 
 def names() -> list[str]:
-    out = ["python", "c"]
+    out = ["python", "speedups", "c"]
     if os.environ.get("VCHAN_TEST_LIB"):
         out.append("lib")
     return out
@@ -20,8 +21,8 @@ def names() -> list[str]:
 
 def backend_arg(name: str) -> str:
     """The ``backend=`` argument for ``name``; skips the test if it is not available."""
-    if name == "python":
-        return "python"
+    if name in ("python", "speedups"):
+        return name
     if name == "lib":
         path = os.environ.get("VCHAN_TEST_LIB", "")
         if not path:

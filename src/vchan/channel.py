@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from types import TracebackType
 
-from . import _backend, _config, _core
+from . import _backend, _config, _core, _engine
 from ._backend import Endpoint
 from .exceptions import from_oserror
 
@@ -35,8 +35,10 @@ class Vchan:
                  write_ring: int | None = None) -> None:
         self._ep: Endpoint | None = endpoint
         self._blocking = True
-        #: Ring sizes, when the backend knows them (the pure-Python one does).
+        #: Size of the read ring, when the backend knows it (the engines do, a C library
+        #: does not).
         self.read_ring = read_ring
+        #: Size of the write ring, when the backend knows it.
         self.write_ring = write_ring
 
     def _endpoint(self) -> Endpoint:
@@ -166,6 +168,8 @@ class Vchan:
 
     @property
     def state(self) -> State:
+        """:attr:`State.WAITING` (a server without its client yet), ``CONNECTED`` or
+        ``DISCONNECTED`` (final; unread data stays readable)."""
         ep = self._ep
         if ep is None:
             raise _closed()
@@ -177,9 +181,11 @@ class Vchan:
         return State(value) if state is None else state  # ValueError: not a state
 
     def is_open(self) -> bool:
+        """Whether the channel is not DISCONNECTED (WAITING counts as open)."""
         return self.state != State.DISCONNECTED
 
     def data_ready(self) -> int:
+        """Bytes readable now without blocking (at most the read ring)."""
         ep = self._ep
         if ep is None:
             raise _closed()
@@ -189,6 +195,9 @@ class Vchan:
             raise from_oserror(exc) from None
 
     def buffer_space(self) -> int:
+        """Bytes writable now without blocking (at most the write ring): a write or send
+        of that many right after completes at once. It also asks the peer for its next
+        consumption event (the select fd becomes readable when the peer reads)."""
         ep = self._ep
         if ep is None:
             raise _closed()
@@ -198,15 +207,18 @@ class Vchan:
             raise from_oserror(exc) from None
 
     def set_blocking(self, flag: bool) -> None:
+        """Blocking (the default) or non-blocking mode for read, recv, write and send."""
         self._call(lambda ep: ep.set_blocking(bool(flag)) or 0)
         self._blocking = bool(flag)
 
     @property
     def blocking(self) -> bool:
+        """Whether the channel is in blocking mode."""
         return self._blocking
 
     @property
     def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
         return self._ep is None
 
     def close(self) -> None:
@@ -240,8 +252,9 @@ def server(domain: int, port: int, read_min: int = 65536, write_min: int = 65536
            allow_any_uid: bool | None = None, backend: str | None = None) -> Vchan:
     """Listen for the client in ``domain`` on ``port``; returns at once, in WAITING state.
 
-    ``backend``: ``"python"`` (default), or a libvchan shared library (path, library name,
-    or ``NAME`` for ``libvchan-NAME.so``); ``None`` means ``$VCHAN_BACKEND`` or python.
+    ``backend``: an engine, ``"speedups"`` (compiled) or ``"python"`` (pure Python), or a
+    libvchan shared library (path, library name, or ``NAME`` for ``libvchan-NAME.so``);
+    ``None`` means ``$VCHAN_BACKEND``, else :data:`vchan.ENGINE`.
     """
     try:
         endpoint, read_ring, write_ring = _backend.start_server(
@@ -264,5 +277,5 @@ def client(domain: int, port: int, timeout: float | None = None, *,
         endpoint = _backend.wait_client(pending, timeout)
     except OSError as exc:
         raise from_oserror(exc) from None
-    rings = _config.CLIENT_RING if isinstance(endpoint, _core.Channel) else None
+    rings = _config.CLIENT_RING if _engine.is_channel(endpoint) else None
     return Vchan(endpoint, read_ring=rings, write_ring=rings)

@@ -583,3 +583,163 @@ def test_must_forked_child_exiting_without_close_not_disturb_parent(api, sockdir
     assert api.libvchan_send(cli, b"ok", 2) == 2
     buf = bytearray(2)
     assert bounded(api.libvchan_recv, srv, buf, 2) == 2 and buf == b"ok"
+
+
+# ------------------------------------------------------- async watch fd (qrexec's connect)
+
+
+def _qrexec_wait_for_connection(api, h, watch_fd: int, timeout: float) -> float:
+    """libqrexec's vchan_timeout.c, client side: poll the watch fd for POLLIN and call
+    finish(blocking=true) only then. Returns the seconds it took; fails on timeout."""
+    t0 = time.monotonic()
+    end = t0 + timeout
+    while True:
+        left = end - time.monotonic()
+        assert left > 0, "watch fd never polled readable: qrexec's connection timeout"
+        p = select.poll()
+        p.register(watch_fd, select.POLLIN | select.POLLHUP)
+        if not p.poll(int(left * 1000) + 1):
+            continue
+        ret = bounded(api.libvchan_client_init_async_finish, h, True)
+        assert ret in (0, 1), f"finish failed, errno {api.last_errno()}"
+        if ret == 0:
+            return time.monotonic() - t0
+
+
+def test_must_async_watch_fd_readable_at_once_when_server_listens(api, sockdir):
+    srv = api.libvchan_server_init(0, 1, 0, 0)
+    ret = api.libvchan_client_init_async(0, 1)
+    assert ret is not None, api.last_errno()
+    h, watch_fd = ret
+    assert fd_readable(watch_fd, PROMPT), "watch fd quiet although the server listens"
+    assert api.libvchan_client_init_async_finish(h, False) == 0
+    assert api.libvchan_is_open(h) == VCHAN_CONNECTED
+    wait_until(lambda: api.libvchan_is_open(srv) == VCHAN_CONNECTED)
+
+
+def test_must_async_watch_fd_qrexec_sequence_connects_at_once(api, sockdir):
+    """The exact sequence of qrexec's data connections, server already listening."""
+    srv = api.libvchan_server_init(0, 1, 0, 0)
+    assert api.libvchan_send(srv, b"hello-01", 8) == 8  # qrexec's handshake, before any client
+    ret = api.libvchan_client_init_async(0, 1)
+    assert ret is not None
+    h, watch_fd = ret
+    took = _qrexec_wait_for_connection(api, h, watch_fd, TIMEOUT)
+    assert took < PROMPT, f"connected after {took:.3f} s"
+    buf = bytearray(8)
+    assert bounded(api.libvchan_recv, h, buf, 8) == 8 and buf == b"hello-01"
+
+
+def test_must_async_watch_fd_readable_within_50ms_of_server_appearing(api, sockdir):
+    ret = api.libvchan_client_init_async(0, 1)
+    assert ret is not None
+    h, watch_fd = ret
+    # no server: finish() may be called when the fd is readable, and says "not yet"
+    while fd_readable(watch_fd, 0.05):
+        assert api.libvchan_client_init_async_finish(h, False) == 1
+    srv = api.libvchan_server_init(0, 1, 0, 0)
+    t_listen = time.monotonic()
+    assert fd_readable(watch_fd, TIMEOUT), "watch fd quiet after the server appeared"
+    assert time.monotonic() - t_listen < scaled(0.050) + 0.050
+    took = _qrexec_wait_for_connection(api, h, watch_fd, TIMEOUT)
+    assert time.monotonic() - t_listen < scaled(0.050) + 0.050, f"finish after {took:.3f} s"
+    wait_until(lambda: api.libvchan_is_open(srv) == VCHAN_CONNECTED)
+
+
+def test_must_async_connection_made_at_once_wait_then_quiet_without_data(api, sockdir):
+    """The watch fd's readiness is one event: the first wait() clears it (no spinning)."""
+    srv = api.libvchan_server_init(0, 1, 0, 0)
+    ret = api.libvchan_client_init_async(0, 1)
+    assert ret is not None
+    h, watch_fd = ret
+    assert api.libvchan_client_init_async_finish(h, False) == 0
+    assert fd_readable(watch_fd)
+    assert bounded(api.libvchan_wait, h, timeout=1) == 0
+    assert not fd_readable(watch_fd, scaled(0.2))
+    wait_until(lambda: api.libvchan_is_open(srv) == VCHAN_CONNECTED)
+
+
+# ------------------------------------------------- sessions restart on the same address
+
+
+def _until_state(api, h, state: int) -> None:
+    wait_until(lambda: api.libvchan_is_open(h) == state, PROMPT)
+
+
+@pytest.mark.parametrize("client_first", [False, True], ids=["server-first", "client-waits"])
+def test_must_session_restarts_on_same_port_qubesdb_pattern(api, sockdir, client_first):
+    """qubesdb's daemon: when its peer goes, close() then server_init() on the same domain
+    and port; the restarted peer calls client_init() again (before or after the server is
+    back). Both work at once, and nothing of the old session is delivered."""
+    srv = api.libvchan_server_init(0, 7, 0, 0)
+    assert srv is not None
+    for session in range(6):
+        if client_first and session:
+            # the restarted peer is already waiting when the server comes back
+            bg = run_bg(api.libvchan_client_init, 0, 7)
+            bg.assert_blocked(scaled(0.05))
+            t0 = time.monotonic()
+            srv = api.libvchan_server_init(0, 7, 0, 0)
+            assert srv is not None, f"server_init again failed, errno {api.last_errno()}"
+            cli = bg.result()
+            assert time.monotonic() - t0 < scaled(0.05) + 0.05, "not connected at once"
+        else:
+            if session:
+                srv = api.libvchan_server_init(0, 7, 0, 0)
+                assert srv is not None, f"server_init again failed, errno {api.last_errno()}"
+            assert api.libvchan_is_open(srv) == VCHAN_WAITING
+            cli = bounded(api.libvchan_client_init, 0, 7)
+        assert cli is not None, f"session {session}: client_init failed {api.last_errno()}"
+        _until_state(api, srv, VCHAN_CONNECTED)
+        assert api.libvchan_data_ready(srv) == 0 and api.libvchan_data_ready(cli) == 0
+        msg = b"session %d" % session
+        assert api.libvchan_send(cli, msg, len(msg)) == len(msg)
+        buf = bytearray(len(msg))
+        assert bounded(api.libvchan_recv, srv, buf, len(msg)) == len(msg)
+        assert bytes(buf) == msg, f"session {session} got {bytes(buf)!r}"
+        # leftovers both ways that the next session must never see
+        assert api.libvchan_send(cli, b"stale-c", 7) == 7
+        assert api.libvchan_send(srv, b"stale-s", 7) == 7
+        api.libvchan_close(cli)  # the peer goes
+        _until_state(api, srv, VCHAN_DISCONNECTED)
+        api.libvchan_close(srv)
+
+
+# ------------------------------------------- a peer that leaves while a ring is full
+
+
+def _idle_cpu_share(seconds: float) -> float:
+    cpu0, t0 = _cpu(), time.monotonic()
+    end = t0 + seconds
+    while (left := end - time.monotonic()) > 0:
+        select.select([], [], [], left)  # measuring an interval: nothing to wait for
+    return (_cpu() - cpu0) / (time.monotonic() - t0)
+
+
+@pytest.mark.parametrize("full", ["our-read-ring", "our-write-ring"])
+def test_must_is_open_disconnected_promptly_when_peer_leaves_ring_full(api, sockdir, full):
+    srv, cli = connected_pair(api)
+    api.libvchan_set_blocking(srv, False)
+    api.libvchan_set_blocking(cli, False)
+    data = pattern(65536)
+    writer = cli if full == "our-read-ring" else srv
+    sent = bytearray()
+    while (n := api.libvchan_write(writer, data, len(data))) > 0:
+        sent += data[:n]
+    assert n == 0 and sent
+    if full == "our-read-ring":
+        api.libvchan_close(cli)  # it wrote until our read ring was full, then left
+        wait_until(lambda: api.libvchan_is_open(srv) == VCHAN_DISCONNECTED, PROMPT)
+        assert api.libvchan_data_ready(srv) > 0
+    else:
+        api.libvchan_close(cli)  # it never read what we wrote
+        wait_until(lambda: api.libvchan_is_open(srv) == VCHAN_DISCONNECTED, PROMPT)
+        assert api.libvchan_write(srv, b"x", 1) == -1
+    # afterwards nothing of the library uses CPU while the program makes no call
+    share = _idle_cpu_share(scaled(0.3))
+    assert share < 0.05, f"{share:.0%} CPU with a disconnected channel and no call"
+    if full == "our-read-ring":
+        assert read_all_until_eof(api, srv) == bytes(sent)
+    t0 = time.monotonic()
+    api.libvchan_close(srv)
+    assert time.monotonic() - t0 < PROMPT

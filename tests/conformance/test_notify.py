@@ -751,3 +751,75 @@ def test_must_no_spinning_unread_data_with_request_armed(api, sockdir):
     assert bounded(api.libvchan_wait, srv) == 0
     wait_until(lambda: api.libvchan_data_ready(srv) == 6)
     assert not fd_readable(_fd(api, srv), SETTLE), "fd readable again with nothing new"
+
+
+# ----------------------------------------- the connection and its first bytes: two events
+
+
+@pytest.mark.parametrize("accept_in", ["wait", "is_open"])
+def test_must_wait_reporting_connection_leaves_fd_readable_for_bytes_already_there(
+    api, sockdir, accept_in
+):
+    srv = api.libvchan_server_init(0, 1, 0, 0)
+    fd = _fd(api, srv)
+    cli = bounded(api.libvchan_client_init, 0, 1)
+    assert cli is not None
+    assert api.libvchan_send(cli, b"hello", 5) == 5  # before the server accepted
+    if accept_in == "is_open":
+        assert api.libvchan_is_open(srv) == VCHAN_CONNECTED
+    assert fd_readable(fd, TIMEOUT)
+    assert bounded(api.libvchan_wait, srv, timeout=QUICK) == 0  # the connection
+    assert api.libvchan_is_open(srv) == VCHAN_CONNECTED
+    assert fd_readable(fd), "the first bytes' event was merged into the connection's"
+    assert bounded(api.libvchan_wait, srv, timeout=QUICK) == 0  # the bytes
+    assert api.libvchan_data_ready(srv) == 5
+    assert not fd_readable(fd, SETTLE), "one event per message, no more"
+
+
+def test_must_wait_reporting_connection_no_bytes_no_extra_readiness(api, sockdir):
+    srv = api.libvchan_server_init(0, 1, 0, 0)
+    fd = _fd(api, srv)
+    cli = bounded(api.libvchan_client_init, 0, 1)
+    assert cli is not None
+    assert fd_readable(fd, TIMEOUT)
+    assert bounded(api.libvchan_wait, srv, timeout=QUICK) == 0
+    assert not fd_readable(fd, SETTLE)
+    assert api.libvchan_send(cli, b"x", 1) == 1
+    assert fd_readable(fd, TIMEOUT)
+
+
+def test_must_qrexec_client_handshake_then_poll_not_stall(api, sockdir):
+    """qrexec-client, server of its data connection: poll + wait() for the client, a
+    blocking recv() of its hello, send its own, buffer_space(), then poll before sending the
+    prefix data. The client connected and sent its hello before the accept."""
+    srv = api.libvchan_server_init(0, 1, 0, 0)
+    fd = _fd(api, srv)
+    cli = bounded(api.libvchan_client_init, 0, 1)
+    assert cli is not None
+    assert api.libvchan_send(cli, b"hello", 5) == 5
+    assert fd_readable(fd, TIMEOUT)
+    assert bounded(api.libvchan_wait, srv) == 0
+    buf = bytearray(5)
+    assert bounded(api.libvchan_recv, srv, buf, 5) == 5 and buf == b"hello"
+    assert api.libvchan_send(srv, b"olleh", 5) == 5
+    assert api.libvchan_buffer_space(srv) > 8
+    t0 = time.monotonic()
+    assert fd_readable(fd, 1.0), "poll stalls: qrexec sleeps out its 10 s timeout here"
+    assert time.monotonic() - t0 < QUICK
+    assert bounded(api.libvchan_wait, srv, timeout=QUICK) == 0
+
+
+def test_must_async_client_connection_and_server_handshake_are_two_events(api, sockdir):
+    """Client side: connected at once to a server that already sent its handshake."""
+    srv = api.libvchan_server_init(0, 1, 0, 0)
+    assert api.libvchan_send(srv, b"hs", 2) == 2
+    ret = api.libvchan_client_init_async(0, 1)
+    assert ret is not None
+    h, fd = ret
+    assert fd_readable(fd, TIMEOUT)
+    assert api.libvchan_client_init_async_finish(h, False) == 0
+    wait_until(lambda: api.libvchan_data_ready(h) == 2)
+    assert bounded(api.libvchan_wait, h, timeout=QUICK) == 0
+    assert fd_readable(fd), "the handshake's event was merged into the connection's"
+    assert bounded(api.libvchan_wait, h, timeout=QUICK) == 0
+    assert not fd_readable(fd, SETTLE)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.c.conftest import run
+from tests.c.conftest import CC, WARN, run
 from tests.conftest import PACKAGING, REPO
 
 #: Deadline of one packaging test, its fixtures' builds included (seconds).
@@ -58,6 +58,51 @@ def listing(paths: Sequence[str]) -> str:
     return "\n".join(sorted(paths))
 
 
+#: A program as a Qubes component writes it: ``#include <libvchan.h>``, compiled with
+#: ``$(pkg-config --cflags --libs vchan)``. It opens a server (state VCHAN_WAITING until a
+#: client comes), closes it, and prints "waiting".
+VCHAN_PC_PROBE = r"""
+#include <stdio.h>
+#include <libvchan.h>
+
+int main(void) {
+    libvchan_t *srv = libvchan_server_init(0, 9, 0, 0);
+    if (srv == NULL) {
+        perror("libvchan_server_init");
+        return 1;
+    }
+    int state = libvchan_is_open(srv);
+    libvchan_close(srv);
+    if (state != VCHAN_WAITING) {
+        fprintf(stderr, "state %d after libvchan_server_init\n", state);
+        return 1;
+    }
+    puts("waiting");
+    return 0;
+}
+"""
+
+
+def build_with_vchan_pc(outdir: Path, env: dict[str, str]) -> tuple[list[str], Path]:
+    """`pkg-config --cflags --libs vchan`, and VCHAN_PC_PROBE built with them."""
+    need("pkg-config", CC)
+    flags = run(["pkg-config", "--cflags", "--libs", "vchan"], env=env).split()
+    src = outdir / "vchan_pc_probe.c"
+    src.write_text(VCHAN_PC_PROBE)
+    exe = outdir / "vchan_pc_probe"
+    run([CC, *WARN, "-O2", "-o", exe, src, *flags], env=env)
+    return flags, exe
+
+
+def linked(exe: Path, soname: str, env: dict[str, str] | None = None) -> Path:
+    """The file the dynamic linker loads for ``soname`` in ``exe``, links resolved."""
+    for line in run(["ldd", exe], env=env).splitlines():
+        name, _, rest = line.strip().partition(" => ")
+        if name == soname:
+            return Path(rest.split(" (")[0]).resolve()
+    raise AssertionError(f"{exe} does not load {soname}")
+
+
 @pytest.fixture(scope="session")
 def pkgout(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """PKGOUT of `make deb` and `make rpm`."""
@@ -82,7 +127,7 @@ def rpms(pkgout: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def pydist(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`make dist`: the directory with the sdist and the wheel."""
+    """`make dist`: the directory with the sdist and the wheels."""
     out = tmp_path_factory.mktemp("dist")
     make("dist", f"DISTDIR={out}")
     return out

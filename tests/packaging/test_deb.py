@@ -1,5 +1,6 @@
-"""`make deb`: libvchan-socket1 and libvchan-socket-dev, lintian clean; installed, they build
-the example programs with pkg-config and the programs talk; then they are purged."""
+"""`make deb`: libvchan-socket1, libvchan-socket-dev and libvchan-socket-default-dev, lintian
+clean; installed, they build the example programs with pkg-config (`vchan-socket`, and
+`vchan` as Qubes components ask) and the programs talk; then they are purged."""
 
 from __future__ import annotations
 
@@ -15,9 +16,17 @@ import pytest
 from tests.c.conftest import CC, WARN, run
 from tests.c.test_clib import _exchange, _one_way
 from tests.conftest import REPO
-from tests.packaging.conftest import RELEASE, env_without, listing, need
+from tests.packaging.conftest import (
+    RELEASE,
+    build_with_vchan_pc,
+    env_without,
+    linked,
+    listing,
+    need,
+)
 
-PACKAGES = ("libvchan-socket1", "libvchan-socket-dev")
+# in dependency order: installed together, purged in reverse
+PACKAGES = ("libvchan-socket1", "libvchan-socket-dev", "libvchan-socket-default-dev")
 EXAMPLES = REPO / "libvchan-socket" / "examples"
 
 
@@ -35,14 +44,18 @@ def _deb(debs: Path, package: str) -> Path:
     return path
 
 
-def _payload(deb: Path) -> set[str]:
-    """The package's files and links, without the directories and /usr/share/doc."""
+def _members(deb: Path) -> dict[str, tarfile.TarInfo]:
+    """The package's files and links by path, without the directories and /usr/share/doc."""
     tar = subprocess.run(
         ["dpkg-deb", "--fsys-tarfile", deb], capture_output=True, timeout=60, check=True
     ).stdout
     with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
-        names = [m.name.removeprefix(".") for m in archive.getmembers() if not m.isdir()]
-    return {n for n in names if not n.startswith("/usr/share/doc/")}
+        members = {m.name.removeprefix("."): m for m in archive.getmembers() if not m.isdir()}
+    return {n: m for n, m in members.items() if not n.startswith("/usr/share/doc/")}
+
+
+def _payload(deb: Path) -> set[str]:
+    return set(_members(deb))
 
 
 def test_lintian_clean(debs: Path) -> None:
@@ -86,6 +99,29 @@ def test_dev_package_has_header_links_and_pc_files(debs: Path) -> None:
     assert f"libvchan-socket1 (= {RELEASE})" in depends
 
 
+def test_default_dev_package_is_the_vchan_pc_link(debs: Path) -> None:
+    """vchan.pc, a link to vchan-socket.pc (as Qubes' Xen backend links it to vchan-xen.pc),
+    and nothing else; it takes the place of the Xen backend's development package."""
+    deb = _deb(debs, "libvchan-socket-default-dev")
+    pc = f"/usr/lib/{_multiarch()}/pkgconfig/vchan.pc"
+    members = _members(deb)
+    assert set(members) == {pc}
+    assert members[pc].issym() and members[pc].linkname == "vchan-socket.pc"
+    fields = dict(
+        line.split(": ", 1)
+        for line in run(
+            ["dpkg-deb", "-f", deb, "Depends", "Conflicts", "Provides", "Multi-Arch", "Section"]
+        ).splitlines()
+    )
+    assert fields == {
+        "Depends": f"libvchan-socket-dev (= {RELEASE})",
+        "Conflicts": "libvchan-xen-dev",
+        "Provides": "libvchan-dev",
+        "Multi-Arch": "same",
+        "Section": "libdevel",
+    }
+
+
 def _installed(package: str) -> bool:
     proc = subprocess.run(
         ["dpkg-query", "-W", "-f=${db:Status-Status}", package],
@@ -119,15 +155,6 @@ def installed_debs(debs: Path) -> Iterator[None]:
     assert not [p for p in PACKAGES if _installed(p)]
 
 
-def _linked(exe: Path, soname: str) -> Path:
-    """The file the dynamic linker loads for ``soname`` in ``exe``, links resolved."""
-    for line in run(["ldd", exe]).splitlines():
-        name, _, rest = line.strip().partition(" => ")
-        if name == soname:
-            return Path(rest.split(" (")[0]).resolve()
-    raise AssertionError(f"{exe} does not load {soname}")
-
-
 def test_installed_packages_build_and_run_the_examples(
     installed_debs: None, sockdir: str, tmp_path: Path
 ) -> None:
@@ -141,13 +168,13 @@ def test_installed_packages_build_and_run_the_examples(
     for prog in ("node", "node-select"):
         exe = tmp_path / prog
         run([CC, *WARN, "-O2", "-o", exe, EXAMPLES / f"{prog}.c", *flags], env=env)
-        assert _linked(exe, "libvchan-socket.so.1") == Path(lib, "libvchan-socket.so.1.0.0")
+        assert linked(exe, "libvchan-socket.so.1") == Path(lib, "libvchan-socket.so.1.0.0")
         exes[prog] = str(exe)
     # the simple variant's name links too
     simple = run(["pkg-config", "--cflags", "--libs", "vchan-socket-simple"], env=env).split()
     exe = tmp_path / "node-simple"
     run([CC, *WARN, "-O2", "-o", exe, EXAMPLES / "node.c", *simple], env=env)
-    assert _linked(exe, "libvchan-socket-simple.so.1") == Path(
+    assert linked(exe, "libvchan-socket-simple.so.1") == Path(
         lib, "libvchan-socket-simple.so.1.0.0"
     )
     exes["node-simple"] = str(exe)
@@ -165,3 +192,24 @@ def test_installed_packages_build_and_run_the_examples(
         run_env,
         tmp_path,
     )
+
+
+def test_installed_default_package_builds_what_asks_pkg_config_vchan(
+    installed_debs: None, sockdir: str, tmp_path: Path
+) -> None:
+    """What a Qubes component does without a BACKEND_VMM: `pkg-config vchan` gives our
+    flags, and the programs built with them load libvchan-socket.so.1 and work."""
+    env = env_without("PKG_CONFIG_PATH", "LD_LIBRARY_PATH", "CPATH", "LIBRARY_PATH")
+    lib = f"/usr/lib/{_multiarch()}"
+    assert run(["pkg-config", "--modversion", "vchan"], env=env).strip() == RELEASE
+    assert run(["pkg-config", "--variable=backend_vmm", "vchan"], env=env).strip() == "socket"
+    flags, probe = build_with_vchan_pc(tmp_path, env)
+    assert flags == run(["pkg-config", "--cflags", "--libs", "vchan-socket"], env=env).split()
+    assert linked(probe, "libvchan-socket.so.1", env) == Path(lib, "libvchan-socket.so.1.0.0")
+    run_env = dict(env, VCHAN_SOCKET_DIR=sockdir, VCHAN_DOMAIN="0")
+    assert run([probe], env=run_env).strip() == "waiting"
+    # and a real exchange between two programs built that way
+    node = tmp_path / "node"
+    run([CC, *WARN, "-O2", "-o", node, EXAMPLES / "node.c", *flags], env=env)
+    assert linked(node, "libvchan-socket.so.1", env) == Path(lib, "libvchan-socket.so.1.0.0")
+    _exchange([str(node), "server", "0", "8"], [str(node), "client", "0", "8"], run_env)

@@ -1,6 +1,7 @@
 """`make rpm`: rpm_spec/libvchan-socket.spec.in, filled with ./version, builds with rpmbuild
-into qubes-libvchan-socket (the library under both sonames) and -devel (header, .so links,
-.pc files), the names and layout of the Qubes/Fedora packages."""
+into qubes-libvchan-socket (the library under both sonames), -devel (header, .so links,
+.pc files), the names and layout of the Qubes/Fedora packages, and -default-devel (vchan.pc,
+for components that ask `pkg-config vchan`)."""
 
 from __future__ import annotations
 
@@ -27,13 +28,15 @@ def _libdir() -> str:
     return run(["rpm", "--eval", "%{_libdir}"], timeout=60).strip()
 
 
-def _files(rpm: Path) -> set[str]:
-    """Files and links, without the directories and the build-id links."""
+def _listing(rpm: Path) -> list[str]:
+    """`rpm -qlpv` lines of the files and links, without the directories and build-id links."""
     lines = run(["rpm", "-qlpv", rpm], timeout=60).splitlines()
     print(f"{rpm.name}:\n" + "\n".join(lines))
-    return {
-        line.split()[8] for line in lines if not line.startswith("d") and "/.build-id/" not in line
-    }
+    return [line for line in lines if not line.startswith("d") and "/.build-id/" not in line]
+
+
+def _files(rpm: Path) -> set[str]:
+    return {line.split()[8] for line in _listing(rpm)}
 
 
 def test_spec_is_generated_with_the_version(rpms: Path) -> None:
@@ -82,3 +85,20 @@ def test_devel_package(rpms: Path) -> None:
     provides = _query(rpm, "--provides")
     assert f"pkgconfig(vchan-socket) = {RELEASE}" in provides, provides
     assert f"pkgconfig(vchan-socket-simple) = {RELEASE}" in provides, provides
+
+
+def test_default_devel_package(rpms: Path) -> None:
+    """Only vchan.pc, a link to vchan-socket.pc; needs -devel; conflicts with the Xen
+    backend's devel package, which is the default on Qubes."""
+    rpm = _rpm(rpms, f"{NAME}-default-devel")
+    pc = f"{_libdir()}/pkgconfig/vchan.pc"
+    (line,) = _listing(rpm)
+    assert line.startswith("l") and line.split()[8:] == [pc, "->", "vchan-socket.pc"], line
+    requires = _query(rpm, "--requires")
+    assert any(r.startswith(f"{NAME}-devel(") and r.endswith(f"= {RELEASE}-1") for r in requires), (
+        requires
+    )
+    assert _query(rpm, "--conflicts") == ["qubes-libvchan-xen-devel"]
+    provides = _query(rpm, "--provides")
+    assert f"pkgconfig(vchan) = {RELEASE}" in provides, provides
+    assert "qubes-libvchan-devel" in provides, provides

@@ -62,8 +62,14 @@ class Init(_Channel):
         return ch
 
     @classmethod
-    def client_start(cls, domain: int, port: int, allow_any_uid: bool | None = None) -> Self:
-        """Begin an asynchronous connection; :meth:`finish` completes it."""
+    def client_start(cls, domain: int, port: int, allow_any_uid: bool | None = None,
+                     watch: bool = True) -> Self:
+        """Begin an asynchronous connection; :meth:`finish` completes it.
+
+        ``watch``: the caller polls the watch fd before :meth:`finish` (qrexec does), so a
+        connection made here at once makes it readable, as Xen's xenstore watch fires when
+        it is registered: the connection is latched as an event for the next ``wait()``
+        (SPEC §2). :meth:`client` (blocking) passes False."""
         _config.check_domain(domain)
         _config.check_port(port)
         path = _config.socket_path(domain, _config.local_domain(), port)
@@ -73,6 +79,8 @@ class Init(_Channel):
         try:
             with ch._lock:
                 if ch._connect_step():  # the common case: the server is there
+                    if watch:
+                        ch._latch_connection()
                     return ch
                 # Watch the directory (this fails at once if it is missing), then try again:
                 # a server that appeared between the first attempt and the watch counts too.
@@ -80,7 +88,8 @@ class Init(_Channel):
                 ch._timer = _linux.timerfd_create()
                 ch._ep.register(ch._inotify, select.EPOLLIN)
                 ch._ep.register(ch._timer, select.EPOLLIN)
-                ch._connect_step()
+                if ch._connect_step() and watch:
+                    ch._latch_connection()
         except BaseException:
             ch.close()
             raise
@@ -89,7 +98,7 @@ class Init(_Channel):
     @classmethod
     def client(cls, domain: int, port: int, timeout: float | None = None,
                allow_any_uid: bool | None = None) -> Self:
-        ch = cls.client_start(domain, port, allow_any_uid)
+        ch = cls.client_start(domain, port, allow_any_uid, watch=False)
         try:
             ch.finish(True, timeout)
         except BaseException:
@@ -159,6 +168,11 @@ class Init(_Channel):
         finally:
             self._leave()
 
+    def _latch_connection(self) -> None:
+        """Lock held: an async client connected at once: keep the fd readable until wait()."""
+        self._conn_event = True
+        self._latch_locked()
+
     def _drain_connect_events(self) -> bool:
         had_event = False
         for fd in (self._inotify, self._timer):
@@ -193,6 +207,8 @@ class Init(_Channel):
         self._u_est = 0
         self._sock = sock
         self._state = CONNECTED
+        # the wait() that reports a server's connection keeps the first bytes' event (§5)
+        self._conn_event = self.is_server
         fd = sock.fileno()
         if self.is_server and not in_wait:
             self._latched = True

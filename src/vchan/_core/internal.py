@@ -118,6 +118,7 @@ class _Channel:
     _latched: bool              # _lock (read under the GIL): a call other than wait()
                                 # consumed an event wait() has not seen
     _mask_out: bool             # _lock: EPOLLOUT is in sock's registration
+    _conn_event: bool           # _lock: the connection is an event no wait() reported yet
 
     def __init__(self, *, is_server: bool, read_ring: int, write_ring: int, path: str,
                  allow_any_uid: bool | None) -> None:
@@ -159,6 +160,7 @@ class _Channel:
         self._rearm = False
         self._latched = False
         self._mask_out = False
+        self._conn_event = False
         _live.add(self)
 
     if TYPE_CHECKING:
@@ -189,6 +191,7 @@ class _Channel:
         def _settle(self) -> int: ...
         def _wait_connected(self) -> None: ...
         def _latch(self) -> None: ...
+        def _latch_locked(self) -> None: ...
         def _arm(self) -> None: ...
         def _harvest(self, fd: int) -> None: ...
         def _count(self, n: int) -> None: ...

@@ -314,6 +314,14 @@ class Notify(_Channel):
                 self._seen = self._consumed + _queued(fd)
                 if not self._latched:  # a concurrent latch keeps its readiness
                     ep.poll(0)
+                # This wait() reports the connection. Bytes that came with it are a separate
+                # event (on Xen the peer's init and its first write each notify): keep them
+                # readable for the next wait(). Checked after the harvest, so bytes arriving
+                # later have an edge of their own.
+                if self._conn_event:
+                    self._conn_event = False
+                    if _queued(fd) > 0:
+                        self._latch_locked()
             except (OSError, ValueError):
                 pass
 
