@@ -31,6 +31,25 @@ def set_name(name: str) -> None:
     _name[0] = name
 
 
+ENGINE_ENV = "VCHAN_PROGRAM_ENGINE"
+_TAGS = {"python": "py", "speedups": "sp"}
+
+
+def start(name: str) -> None:
+    """Name the program after its engine, "(py)" or "(sp)", and check that engine.
+
+    :mod:`vchan.libvchan` uses the engine of the process, :data:`vchan.ENGINE`: the compiled
+    one when it is built, unless ``VCHAN_PURE_PYTHON=1``. The driver sets that, and names the
+    engine it wants in ``VCHAN_PROGRAM_ENGINE``, so a program never runs on another one.
+    """
+    import vchan
+
+    set_name(f"{name} ({_TAGS.get(vchan.ENGINE, vchan.ENGINE)})")
+    want = os.environ.get(ENGINE_ENV, "")
+    if want and want != vchan.ENGINE:
+        die(f"runs on the {vchan.ENGINE} engine, not the {want} one asked for")
+
+
 def name() -> str:
     """The name set with :func:`set_name`."""
     return _name[0]

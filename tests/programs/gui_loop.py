@@ -12,12 +12,15 @@ from __future__ import annotations
 import os
 import select
 import sys
+from typing import TYPE_CHECKING
 
 import _progs as P
 from _progs import die, die_errno, guard, now, scaled
 
 import vchan.libvchan as lv
-from vchan._core import Channel
+
+if TYPE_CHECKING:
+    from vchan._engine import EngineChannel as Channel
 
 MAX_BODY = 4000
 WINDOW = 4
@@ -183,7 +186,7 @@ def run(is_server: bool, domain: int, port: int, messages: int) -> int:
 
 def main(argv: list[str]) -> int:
     global t_limit
-    P.set_name(f"gui_loop {argv[1] if len(argv) > 1 else ''} (py)")
+    P.start(f"gui_loop {argv[1] if len(argv) > 1 else ''}")
     if len(argv) != 5 or argv[1] not in ("server", "client"):
         print("usage: gui_loop.py server|client DOMAIN PORT MESSAGES", file=sys.stderr)
         return 2

@@ -16,12 +16,15 @@ import os
 import select
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 import _progs as P
 from _progs import die, die_errno, guard, now
 
 import vchan.libvchan as lv
-from vchan._core import Channel
+
+if TYPE_CHECKING:
+    from vchan._engine import EngineChannel as Channel
 
 T_DATA = 0x190
 T_EXIT = 0x193
@@ -77,7 +80,7 @@ def verify(seed: int, size: int) -> int:
         got += len(data)
     if got != size:
         die(f"verify: EOF after {got} of {size} bytes")
-    print(f"qrexec_data verify (py): ok, {size} bytes of stream {seed}", file=sys.stderr)
+    print(f"{P.name()}: ok, {size} bytes of stream {seed}", file=sys.stderr)
     return 0
 
 
@@ -260,7 +263,7 @@ def main(argv: list[str]) -> int:
         if len(argv) > 2 and argv[1] in ("server", "client")
         else (argv[1] if len(argv) > 1 else "")
     )
-    P.set_name(f"qrexec_data {role} (py)")
+    P.start(f"qrexec_data {role}")
     t_limit = P.test_timeout()
     if len(argv) == 4 and argv[1] in ("gen", "verify"):
         seed = P.arg_int(argv[2], "seed", 0, (1 << 63) - 1)

@@ -222,9 +222,10 @@ static void server(int domain, int port, int rounds, const char *sync)
 		libvchan_close(c);
 	}
 	fprintf(stderr,
-		"qrexec_setup server (%s): ok %d rounds; connected->prefix max %.1f ms, poll "
-		"before the prefix max %.1f ms, wait() max %.1f ms\n",
-		daemon_flavour ? "daemon" : "data", rounds, max_setup * 1e3, max_poll * 1e3, max_wait * 1e3);
+		"%s (%s): ok %d rounds; connected->prefix max %.1f ms, poll before the prefix "
+		"max %.1f ms, wait() max %.1f ms\n",
+		prog_name, daemon_flavour ? "daemon" : "data", rounds, max_setup * 1e3,
+		max_poll * 1e3, max_wait * 1e3);
 }
 
 static void client(bool async, int domain, int port, int rounds, const char *sync)
@@ -314,9 +315,8 @@ static void client(bool async, int domain, int port, int rounds, const char *syn
 		send_hdr(c, T_ACK, PREFIX_LEN, "send of the ack");
 		libvchan_close(c);
 	}
-	fprintf(stderr, "qrexec_setup %s (%s): ok %d rounds; connect max %.1f ms\n",
-		async ? "client-async" : "client-blocking", daemon_flavour ? "daemon" : "data",
-		rounds, max_connect * 1e3);
+	fprintf(stderr, "%s (%s): ok %d rounds; connect max %.1f ms\n", prog_name,
+		daemon_flavour ? "daemon" : "data", rounds, max_connect * 1e3);
 }
 
 int main(int argc, char **argv)

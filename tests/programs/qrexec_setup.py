@@ -14,12 +14,15 @@ from __future__ import annotations
 import select
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import _progs as P
 from _progs import die, die_errno, guard, now, scaled
 
 import vchan.libvchan as lv
-from vchan._core import Channel
+
+if TYPE_CHECKING:
+    from vchan._engine import EngineChannel as Channel
 
 T_HELLO_SERVER = 0x101
 T_HELLO_CLIENT = 0x102
@@ -153,7 +156,7 @@ def server(domain: int, port: int, rounds: int, sync: str) -> None:
         lv.libvchan_close(c)
     flavour = "daemon" if daemon_flavour else "data"
     print(
-        f"qrexec_setup server ({flavour}): ok {rounds} rounds; connected->prefix max "
+        f"{P.name()} ({flavour}): ok {rounds} rounds; connected->prefix max "
         f"{max_setup * 1e3:.1f} ms, poll before the prefix max {max_poll * 1e3:.1f} ms, "
         f"wait() max {max_wait * 1e3:.1f} ms",
         file=sys.stderr,
@@ -229,18 +232,16 @@ def client(is_async: bool, domain: int, port: int, rounds: int, sync: str) -> No
             die(f"round {r}: prefix data differs at byte {bad}")
         send_hdr(c, T_ACK, PREFIX_LEN, "send of the ack")
         lv.libvchan_close(c)
-    role = "client-async" if is_async else "client-blocking"
     flavour = "daemon" if daemon_flavour else "data"
     print(
-        f"qrexec_setup {role} ({flavour}): ok {rounds} rounds; connect max "
-        f"{max_connect * 1e3:.1f} ms",
+        f"{P.name()} ({flavour}): ok {rounds} rounds; connect max {max_connect * 1e3:.1f} ms",
         file=sys.stderr,
     )
 
 
 def main(argv: list[str]) -> int:
     global t_limit, daemon_flavour
-    P.set_name(f"qrexec_setup {argv[1] if len(argv) > 1 else ''} (py)")
+    P.start(f"qrexec_setup {argv[1] if len(argv) > 1 else ''}")
     if len(argv) != 7:
         print(
             "usage: qrexec_setup.py server|client-async|client-blocking daemon|data DOMAIN "

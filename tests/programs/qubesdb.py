@@ -14,12 +14,15 @@ import os
 import re
 import select
 import sys
+from typing import TYPE_CHECKING
 
 import _progs as P
 from _progs import die, die_errno, guard, now, scaled
 
 import vchan.libvchan as lv
-from vchan._core import Channel
+
+if TYPE_CHECKING:
+    from vchan._engine import EngineChannel as Channel
 
 LINE_MAX_LEN = 64
 ACC = 8192
@@ -202,7 +205,7 @@ def writer_main(domain: int, port: int, gen: int, count: int) -> int:
 
 def main(argv: list[str]) -> int:
     global t_limit
-    P.set_name(f"qubesdb {argv[1] if len(argv) > 1 else ''} (py)")
+    P.start(f"qubesdb {argv[1] if len(argv) > 1 else ''}")
     t_limit = P.test_timeout()
     if len(argv) == 5 and argv[1] == "daemon":
         return daemon_main(

@@ -15,8 +15,10 @@ end in its own process, written from the public description of a Qubes component
 Each program is a C file (built here with gcc -Wall -Wextra -Werror against
 libvchan-socket/libvchan.h) with a Python twin beside it on :mod:`vchan.libvchan` (the pure
 Python engine), same arguments, same bytes on the wire. Every scenario runs in each combo
-of (server end, client end): C-C, Py-Py, C-Py, Py-C, and with ``VCHAN_TEST_LIB=/path/lib.so``
-also lib-lib, lib-Py and Py-lib (the C programs linked to that library instead of ours).
+of (server end, client end): C-C, Py-Py, C-Py, Py-C, the twins on the compiled engine
+(vchan._speedups) against each other, and with ``VCHAN_TEST_LIB=/path/lib.so`` also lib-lib,
+lib-Py and Py-lib (the C programs linked to that library instead of ours); VCHAN_TEST_IMPLS
+(tests/conftest.py) narrows them.
 
 A program exits non-zero and says why on any deviation, and never hangs: every wait has a
 deadline (``VCHAN_TEST_TIMEOUT``-scaled, as in tests/conftest.py), and the driver kills what
@@ -45,17 +47,25 @@ from typing import IO, Any
 import pytest
 
 from tests.c.conftest import compile_c
-from tests.conftest import CLIB, REPO, TIMEOUT, _build_clib, scaled
+from tests.conftest import CLIB, REPO, TIMEOUT, _build_clib, _impl_names, scaled
 
 HERE = Path(__file__).resolve().parent
 NAMES = ("qrexec_setup", "qrexec_data", "qubesdb", "gui_loop")
 OTHER_LIB = os.environ.get("VCHAN_TEST_LIB", "")
 
-# (server end, client end): "c" a C program on our libvchan-socket, "py" the Python twin on
-# the pure-Python engine, "lib" a C program on $VCHAN_TEST_LIB.
-COMBOS: list[tuple[str, str]] = [("c", "c"), ("py", "py"), ("c", "py"), ("py", "c")]
-if OTHER_LIB:
-    COMBOS += [("lib", "lib"), ("lib", "py"), ("py", "lib")]
+# What an end runs: "c" the C program on our libvchan-socket, "py" the Python twin on the
+# pure-Python engine, "sp" the Python twin on the compiled engine (vchan._speedups, our C
+# library's sources as a CPython extension), "lib" the C program on $VCHAN_TEST_LIB. Each
+# is the implementation of that name in VCHAN_TEST_IMPLS (tests/conftest.py), which selects
+# the combos: the four of the brief, the compiled engine against itself, and the other
+# library against itself and the Python engine.
+IMPL_OF = {"c": "c", "py": "python", "sp": "speedups", "lib": "lib"}
+ENGINE_OF = {"py": "python", "sp": "speedups"}
+ALL_COMBOS = [
+    ("c", "c"), ("py", "py"), ("c", "py"), ("py", "c"), ("sp", "sp"),
+    ("lib", "lib"), ("lib", "py"), ("py", "lib"),
+]  # fmt: skip
+COMBOS = [c for c in ALL_COMBOS if all(IMPL_OF[end] in _impl_names() for end in c)]
 
 
 def _combo_id(combo: tuple[str, str]) -> str:
@@ -133,6 +143,7 @@ class Proc:
         stdin: int | IO[bytes] | None = subprocess.DEVNULL,
         stdout: int | IO[bytes] | None = subprocess.DEVNULL,
         pass_fds: Sequence[int] = (),
+        engine: str | None = None,
     ) -> None:
         self.label = label
         self.cmd = list(cmd)
@@ -141,6 +152,12 @@ class Proc:
         env["PYTHONPATH"] = os.pathsep.join(
             [str(REPO / "src"), *filter(None, [env.get("PYTHONPATH", "")])]
         )
+        if engine is not None:  # a Python twin: on that engine and no other (see _progs.py)
+            env.pop("VCHAN_BACKEND", None)
+            env.pop("VCHAN_PURE_PYTHON", None)
+            if engine == "python":
+                env["VCHAN_PURE_PYTHON"] = "1"
+            env["VCHAN_PROGRAM_ENGINE"] = engine
         self.proc = subprocess.Popen(
             self.cmd,
             stdin=stdin,
@@ -188,12 +205,19 @@ class Scenario:
         self.procs: list[Proc] = []
 
     def command(self, lang: str, name: str, *args: object) -> list[str]:
-        if lang == "py":
+        if lang in ENGINE_OF:
+            if lang == "sp":
+                from vchan import _engine
+
+                why = _engine.speedups_error()
+                if why is not None:
+                    pytest.skip(why)
             return [sys.executable, str(HERE / f"{name}.py"), *map(str, args)]
         return [str(self.builds.exe(lang, name)), *map(str, args)]
 
     def start(self, lang: str, name: str, label: str, *args: object, **kw: Any) -> Proc:
-        p = Proc(self.command(lang, name, *args), f"{label}-{lang}", self.logdir, **kw)
+        cmd = self.command(lang, name, *args)
+        p = Proc(cmd, f"{label}-{lang}", self.logdir, engine=ENGINE_OF.get(lang), **kw)
         self.procs.append(p)
         return p
 
