@@ -332,9 +332,10 @@ def test_qrexec_setup(
 
 # ------------------------------------------------------- 2. qrexec's data loop, both ways
 
-# Bytes each end sends: 64 MiB by default in every combo. Measured on this 2-CPU machine a
-# combo takes about 0.3 s (C-C) to 1.3 s (Py-Py, the slowest) for both ways at once, so no
-# combo needs a smaller size; VCHAN_TEST_DATA_MIB overrides it (e.g. for a slow machine).
+# Bytes each end sends: 64 MiB in every combo (the brief's default). Measured on this shared
+# 2-CPU machine, one test (both ways at once, six processes) takes 0.3-0.8 s C-C, 1-2 s C-Py
+# or Py-C, 1.1-3 s Py-Py or Sp-Sp (the slowest, under a load average near 10), so no combo
+# needs a smaller size; VCHAN_TEST_DATA_MIB sets another one (e.g. for a slower machine).
 DATA_SIZE = int(os.environ.get("VCHAN_TEST_DATA_MIB", "64")) << 20
 # the client end sends a few bytes more, so the two streams never end at the same offset
 # and the last message is not a whole 64 KiB
@@ -485,7 +486,7 @@ def test_qubesdb_restarts(scenario: Scenario, combo: tuple[str, str], tmp_path: 
 
 # ------------------------------------------------------------- 4. the GUI protocol's loop
 
-GUI_MESSAGES = 3000  # each way; about 0.1 s (C-C) to 1 s (Py-Py)
+GUI_MESSAGES = 3000  # each way; about 0.1 s (C-C) to 1-3 s (Py-Py) per test
 
 
 @combos
