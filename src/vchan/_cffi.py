@@ -5,6 +5,10 @@ Python-level shapes as the functions of :mod:`vchan.libvchan`, so code (and the
 conformance suite) can run unchanged against the pure-Python implementation, our C
 ``libvchan-socket`` or any other library exporting Qubes' ``libvchan.h`` API.
 
+Its calls, and those of the Pythonic backend's :class:`vchan._backend.CEndpoint`, go
+through one :class:`Binding` of the library's functions. :data:`CDEF` retypes
+``libvchan.h``; tests/test_cdef.py keeps the two in agreement.
+
 cffi is an optional dependency (``pip install vchan[cffi]``); it is imported on first use.
 """
 

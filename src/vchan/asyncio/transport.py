@@ -276,20 +276,11 @@ class VchanTransport(_asyncio.Transport):
                     break
                 if not n:
                     break
-                try:
-                    protocol.data_received(bytes(view[:n]))
-                except (SystemExit, KeyboardInterrupt):
-                    raise
-                except BaseException as failure:  # noqa: BLE001 - the protocol's: close
-                    self._protocol_failed(failure, "data_received")
+                if not self._call_protocol("data_received", bytes(view[:n])):
                     return
             self._eof = True
-            try:
-                protocol.eof_received()  # a vchan has no half-close: its answer is moot
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as failure:  # noqa: BLE001 - the protocol's: close
-                self._protocol_failed(failure, "eof_received")
+            # A vchan has no half-close: eof_received()'s answer is moot.
+            if not self._call_protocol("eof_received"):
                 return
         self._eof = True
         exc: Exception | None = None
@@ -338,14 +329,16 @@ class VchanTransport(_asyncio.Transport):
         self._drop_queue()
         self._shutdown(err)
 
-    def _call_protocol(self, callback: str, *args: object) -> None:
-        """Call the protocol's ``callback``; if it raises, close with that error."""
+    def _call_protocol(self, callback: str, *args: object) -> bool:
+        """Call the protocol's ``callback``; if it raises, close with that error (False)."""
         try:
             getattr(self._protocol, callback)(*args)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:  # noqa: BLE001 - the protocol's: close with it
             self._protocol_failed(exc, callback)
+            return False
+        return True
 
     def _call_connection_made(self) -> None:
         self._call_protocol("connection_made", self)
