@@ -348,23 +348,19 @@ def start_server(
     *,
     allow_any_uid: bool | None = None,
     backend: str | None = None,
-) -> tuple[Endpoint, int | None, int | None]:
-    """Listen (returns at once, WAITING): ``(endpoint, read_ring, write_ring)``.
-
-    Ring sizes are known for the engines only (``None`` for a C library).
-    """
+) -> Endpoint:
+    """Listen (returns at once, WAITING); the endpoint tells its ring sizes."""
     name = resolve(backend)
     if name in _engine.NAMES:
         cls = _engine.channel_class(name)
-        ch = cls.server(domain, port, read_min, write_min, allow_any_uid)
-        return ch, ch.read_ring, ch.write_ring
+        return cls.server(domain, port, read_min, write_min, allow_any_uid)
     _no_uid_override(name, allow_any_uid)
     lib = load_library(name)
     h = lib.libvchan_server_init(domain, port, read_min, write_min)
     if h is None:
         code = lib.last_errno() or errno.EIO
         raise OSError(code, os.strerror(code))
-    return CEndpoint(lib, h), None, None
+    return CEndpoint(lib, h)
 
 
 def start_client(

@@ -258,11 +258,11 @@ def server(domain: int, port: int, read_min: int = 65536, write_min: int = 65536
     ``None`` means ``$VCHAN_BACKEND``, else :data:`vchan.ENGINE`.
     """
     try:
-        endpoint, read_ring, write_ring = _backend.start_server(
+        endpoint = _backend.start_server(
             domain, port, read_min, write_min, allow_any_uid=allow_any_uid, backend=backend)
     except OSError as exc:
         raise from_oserror(exc) from None
-    return Vchan(endpoint, read_ring=read_ring, write_ring=write_ring)
+    return Vchan(endpoint)
 
 
 def client(domain: int, port: int, timeout: float | None = None, *,
