@@ -128,8 +128,8 @@ class Pump:
             or (self.on_eof == "auto" and self._took_input)
         )
 
-    def _poll(self, poller: select.poll, vfd: int, out_chunk: int) -> None:
-        """Sleep until a descriptor can make progress, then make it."""
+    def _watch(self, poller: select.poll, vfd: int) -> bool:
+        """Register what can make progress (always the vchan); whether stdin is wanted."""
         want_in = not self._in_eof and len(self._inbuf) < CHUNK
         for fd in (vfd, self.stdin, self.stdout):
             try:
@@ -141,6 +141,11 @@ class Pump:
             poller.register(self.stdin, select.POLLIN)
         if self._outbuf:
             poller.register(self.stdout, select.POLLOUT)
+        return want_in
+
+    def _poll(self, poller: select.poll, vfd: int, out_chunk: int) -> None:
+        """Sleep until a descriptor can make progress, then make it."""
+        want_in = self._watch(poller, vfd)
         for fd, _events in poller.poll():
             if fd == vfd:
                 self.vc.wait()
