@@ -571,30 +571,37 @@ class SpecTests(SphinxDirective):
                 logger.warning("%s:%d names an unknown rule %s", m.path, m.line, m.id,
                                location=self.get_location())
 
-        table = nodes.table(classes=["spec-tests"])
-        group = nodes.tgroup(cols=3)
+        table = nodes.table(classes=["spec-tests", "colwidths-given"])
+        group = nodes.tgroup(cols=2)
         table += group
-        for width in (20, 45, 35):
+        for width in (40, 60):
             group += nodes.colspec(colwidth=width)
         head = nodes.thead()
         group += head
-        head += nodes.row("", *(_entry(nodes.paragraph(text=h)) for h in ("MUST", "Rule", "Tests")))
+        head += nodes.row("", *(_entry(nodes.paragraph(text=h)) for h in ("MUST", "Tests")))
         body = nodes.tbody()
         group += body
         for rule in rules:
             label = tests_label(rule.id)
             _add_label(self.env, label, f"[{rule.id}]")
-            rule_id = nodes.literal()
+            rule_id = nodes.strong()
             rule_id += _ref(rule_label(rule.id), rule.id)
             section = rule.section.split(" ", 1)[0].rstrip(".")
             sentence = nodes.paragraph("", f"§{section}: ", *_markdown_inline(rule.sentence))
-            tests = nodes.bullet_list()
+            tests: list[nodes.Node] = []
+            by_path: dict[str, list[str]] = {}
             for m in by_rule.get(rule.id, []):
-                tests += nodes.list_item("", nodes.paragraph("", "", nodes.literal(text=m.node)))
-            if not tests.children:
-                tests = nodes.paragraph("", "", nodes.emphasis(text="no test yet"))
+                by_path.setdefault(m.path, []).append(m.test)
+            for path, names in by_path.items():
+                tests.append(nodes.paragraph("", "", nodes.literal(text=path)))
+                items = nodes.bullet_list()
+                for name in names:
+                    items += nodes.list_item("", nodes.paragraph("", "", nodes.literal(text=name)))
+                tests.append(items)
+            if not tests:
+                tests.append(nodes.paragraph("", "", nodes.emphasis(text="no test yet")))
             body += nodes.row(
-                "", _entry(nodes.paragraph("", "", rule_id)), _entry(sentence), _entry(tests),
+                "", _entry(nodes.paragraph("", "", rule_id), sentence), _entry(*tests),
                 ids=[label],
             )
         marked = {m.node for m in found if m.id in known}
@@ -602,7 +609,13 @@ class SpecTests(SphinxDirective):
             text=f"{len(rules)} MUSTs, proven by {len(marked)} tests (each runs once per "
             "implementation)."
         )
-        return [summary, table]
+        # Test names are long and unbreakable: let them wrap inside their column.
+        style = nodes.raw(
+            "", "<style>table.spec-tests td { vertical-align: top; } "
+            "table.spec-tests span.pre { white-space: normal; overflow-wrap: anywhere; }"
+            "</style>", format="html"
+        )
+        return [style, summary, table]
 
 
 def setup(app: Sphinx) -> dict[str, Any]:
