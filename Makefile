@@ -5,8 +5,8 @@ VPY := $(VENV)/bin/python
 PREFIX ?= /usr/local
 export PREFIX
 
-.PHONY: all lib demo test lint typecheck pytest test-sanitize install bench soak clean \
-	dist deb rpm test-packages docs
+.PHONY: all lib demo test lint typecheck pytest test-sanitize coverage install bench soak \
+	clean dist deb rpm test-packages docs
 
 all: lib
 
@@ -30,12 +30,28 @@ lint: $(VENV)/.installed
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy
 
+# Python line coverage of src/vchan, measured in this same run (its threads included; the
+# processes the tests start, such as the vchan command, are not measured): a table per file,
+# then the total. COV= runs without it.
+COV ?= --cov=vchan --cov-report=term
 pytest: $(VENV)/.installed lib
-	$(VPY) -m pytest -q
+	$(VPY) -m pytest -q $(COV)
+	@if [ -n '$(COV)' ]; then echo "Python line coverage: $$($(VPY) -m coverage report --format=total)%"; fi
+
+# C line coverage (gcov): libvchan-socket built with --coverage into
+# libvchan-socket/build-cov, the conformance suite run against it (VCHAN_TEST_IMPLS=lib),
+# then the figures per source file. About 35 s. COV_TESTS="tests/conformance tests/reliability"
+# adds the fault tests: two minutes more, and a few points.
+COV_TESTS ?= tests/conformance
+coverage: $(VENV)/.installed
+	$(MAKE) -C libvchan-socket coverage coverage-reset
+	VCHAN_TEST_IMPLS=lib VCHAN_TEST_LIB=$(abspath libvchan-socket/build-cov/libvchan-socket.so) \
+		$(VPY) -m pytest -q -p no:cacheprovider $(COV_TESTS)
+	@$(MAKE) -s -C libvchan-socket coverage-report
 
 # The docs first: a broken reference, a warning or a missing page fails the run early, and
 # tests/test_docs.py then checks the man page it built.
-test: lint typecheck docs pytest test-sanitize
+test: lint typecheck docs pytest test-sanitize coverage
 
 # ASan+UBSan: the C library (over cffi), then the compiled engine (the same sources in the
 # extension, and the extension's own code).
@@ -139,4 +155,4 @@ test-packages: $(VENV)/.dist
 clean:
 	-$(MAKE) -C libvchan-socket clean
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist build-pkg build rpm_spec/*.spec \
-		src/vchan/_speedups*.so
+		src/vchan/_speedups*.so .coverage

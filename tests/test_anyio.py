@@ -319,6 +319,7 @@ async def test_listener_serves_clients_one_after_another() -> None:
 # ------------------------------------------------------------------ notification cost
 
 
+@pytest.mark.spec("NOTIFY-UNASKED-QUIET")
 async def test_one_wake_up_per_message_and_no_spinning(streams: tuple[Any, Any]) -> None:
     """A ping-pong of 200 messages: each side's wait() runs about once per message it
     receives, and a receive with nothing coming uses no CPU."""
@@ -376,6 +377,7 @@ def _dying_peer(port: int, size: int, after: str = "pass") -> subprocess.Popen[b
     return subprocess.Popen([sys.executable, "-c", code], env=env)
 
 
+@pytest.mark.spec("READ-DATA-BEFORE-GONE")
 async def test_peer_killed_after_sending_everything_arrives_then_end(backend: str) -> None:
     proc = _dying_peer(107, 300_000)
     try:

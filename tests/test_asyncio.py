@@ -173,6 +173,7 @@ def test_no_thread_per_channel(sockdir, monkeypatch):
 # ---------------------------------------------------------------------------- end of stream
 
 
+@pytest.mark.spec("READ-DATA-BEFORE-GONE")
 def test_end_of_stream_after_all_data(backend):
     """A peer that writes and closes at once: every byte, then b""."""
     data = pattern(500_000)
@@ -258,6 +259,7 @@ def test_write_after_close_fails_drain():
     run(main())
 
 
+@pytest.mark.spec("CLOSE-DELIVERS")
 def test_close_delivers_queued_bytes(backend):
     """close() with bytes still queued: they reach a peer that keeps reading."""
     data = pattern(3_000_000)
@@ -418,6 +420,7 @@ def test_open_server_timeout(sockdir):
     run(main())
 
 
+@pytest.mark.spec("ADDR-REFUSE-BAD")
 def test_errors_are_raised_at_once(sockdir, monkeypatch):
     async def main() -> None:
         with pytest.raises(vchan.InvalidArgument):

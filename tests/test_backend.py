@@ -115,6 +115,7 @@ def test_round_trip(backend, sockdir):
         assert srv.state == vchan.State.DISCONNECTED
 
 
+@pytest.mark.spec("WIRE-INTEROP")
 @pytest.mark.parametrize(("srv_name", "cli_name"), [("python", "c"), ("c", "python")])
 def test_backends_interoperate(srv_name, cli_name, sockdir):
     data = os.urandom(300_000)
@@ -164,6 +165,7 @@ def test_client_waits_for_a_late_server(backend, sockdir):
             proc.wait()
 
 
+@pytest.mark.spec("ADDR-REFUSE-BAD")
 def test_use_after_close_and_errors_map(backend, sockdir):
     srv = vchan.server(0, 11, backend=backend)
     ep = srv._endpoint()
@@ -176,6 +178,47 @@ def test_use_after_close_and_errors_map(backend, sockdir):
         assert info.value.errno == errno.EBADF
     with pytest.raises(vchan.InvalidArgument):
         vchan.server(40000, 1, backend=backend)
+
+
+@pytest.mark.spec("ADDR-REFUSE-BAD")
+@pytest.mark.parametrize("side", ["server", "client"])
+def test_must_bad_input_raises_the_exception_that_names_it(backend, sockdir, monkeypatch, side):
+    """SPEC §1, the Pythonic API: a bad VCHAN_DOMAIN, domain, port or ring minimum raises
+    InvalidArgument, a socket path too long for sun_path SocketPathTooLong (both
+    ValueErrors, with a message); nothing is created, and a client whose VCHAN_DOMAIN is bad
+    does not fall back to domain 0 (a server listens there)."""
+    fallback = vchan.server(0, 1, backend=backend)  # what a fallback client would reach
+    before = sorted(os.listdir(sockdir))
+
+    def init(domain: int = 0, port: int = 1, read_min: int = 0) -> vchan.Vchan:
+        if side == "server":
+            return vchan.server(domain, port, read_min, 0, backend=backend)
+        return vchan.client(domain, port, timeout=TIMEOUT, backend=backend)
+
+    cases: list[tuple[dict[str, str], dict[str, int], type[Exception]]] = [
+        ({"VCHAN_DOMAIN": value}, {}, vchan.InvalidArgument)
+        for value in ("abc", "-1", "32752", "", "1.0")
+    ]
+    cases += [({}, {"domain": 32752}, vchan.InvalidArgument)]
+    cases += [({}, {"domain": -1}, vchan.InvalidArgument)]
+    cases += [({}, {"port": -1}, vchan.InvalidArgument)]
+    if side == "server":
+        cases += [({}, {"read_min": (1 << 20) + 1}, vchan.InvalidArgument)]
+    long_dir = os.path.join(sockdir, "d" * 120)
+    os.mkdir(long_dir)
+    cases += [({"VCHAN_SOCKET_DIR": long_dir}, {}, vchan.SocketPathTooLong)]
+    for env, args, expected in cases:
+        with monkeypatch.context() as m:
+            for name, value in env.items():
+                m.setenv(name, value)
+            with pytest.raises(expected) as info:
+                bounded(lambda a=args: init(**a))
+        assert isinstance(info.value, ValueError)
+        assert str(info.value), f"{env} {args}: an exception without a message"
+    assert os.listdir(long_dir) == []
+    assert sorted(os.listdir(sockdir)) == sorted([*before, os.path.basename(long_dir)])
+    assert fallback.state == vchan.State.WAITING, "a bad VCHAN_DOMAIN fell back to domain 0"
+    fallback.close()
 
 
 # ------------------------------------------------- libraries without libvchan_set_blocking

@@ -363,6 +363,7 @@ def test_default_umask_keeps_other_uids_from_connecting(api, sockdir):
     assert api.libvchan_is_open(srv) == VCHAN_WAITING
 
 
+@pytest.mark.spec("NOTIFY-WAIT-AFTER-POLL")
 @pytest.mark.parametrize("call", ["none", "is_open", "data_ready", "buffer_space", "send"])
 def test_must_wait_returns_at_once_after_refused_peer_polled_readable(api, sockdir, call):
     """SPEC §5: a WAITING server's fd polled readable because an untrusted peer connected;

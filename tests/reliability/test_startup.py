@@ -56,6 +56,7 @@ def _churn(sockdir: str, path: str, seconds: float) -> None:
         os.unlink(path)
 
 
+@pytest.mark.spec("CLIENT-NO-BUSY-WAIT", "CLOSE-DELIVERS")
 def test_client_process_started_long_before_server(api, sockdir, spawn):
     path = str(sock_path(sockdir, 0, 0, 1))
     peer = spawn("client", "recv", seed=21)
