@@ -52,8 +52,13 @@ class Storm:
 
     def stop(self) -> None:
         self._stop.set()
-        self._ticker.join(5)
+        self._ticker.join(10)
+        assert not self._ticker.is_alive(), "the signal ticker did not stop"
         signal.setitimer(signal.ITIMER_REAL, 0, 0)
+        # A SIGALRM may still be pending in some thread (sent just before the ticker
+        # stopped): restoring SIG_DFL first would let it kill the whole test run ("Alarm
+        # clock"). Setting SIG_IGN discards pending ones; nothing sends more by now.
+        signal.signal(signal.SIGALRM, signal.SIG_IGN)
         signal.signal(signal.SIGALRM, self._old)
 
 
