@@ -22,8 +22,6 @@
 
 #include "internal.h"
 
-#define INOTIFY_MASK (IN_CREATE | IN_MOVED_TO | IN_DELETE | IN_MOVED_FROM | IN_ATTRIB)
-
 static struct libvchan *vchan__alloc(void)
 {
 	struct libvchan *c = calloc(1, sizeof(*c));
@@ -191,8 +189,8 @@ static int vchan__lock_dir(const char *path)
 	 * shares it until it exits or execs: never wait for it longer than 100 ms, then go
 	 * on without it (the inode checks still narrow the race to microseconds).
 	 */
-	for (int tries = 0; tries < 100; tries++) {
-		struct timespec ms = { 0, 1000000 };
+	for (int tries = 0; tries < VCHAN__DIRLOCK_TRIES; tries++) {
+		struct timespec ms = { 0, VCHAN__DIRLOCK_WAIT_MS * 1000000L };
 
 		r = flock(fd, LOCK_EX | LOCK_NB);
 		if (r == 0 || (errno != EWOULDBLOCK && errno != EINTR))
@@ -653,7 +651,7 @@ static libvchan_t *vchan__client_start(int domain, int port, EVTCHN *watch_fd, b
 		goto fail;
 	c->ino_fd = inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
 	if (c->ino_fd >= 0) {
-		c->ino_wd = inotify_add_watch(c->ino_fd, dir, INOTIFY_MASK);
+		c->ino_wd = inotify_add_watch(c->ino_fd, dir, VCHAN__INOTIFY_MASK);
 		if (c->ino_wd < 0) {
 			if (errno == ENOENT || errno == ENOTDIR)
 				goto fail;

@@ -23,7 +23,6 @@ taking ``_lock`` (append, *then* check ``_closed``; close() sets ``_closed``, *t
 
 from __future__ import annotations
 
-import array
 import fcntl
 import select
 import socket
@@ -41,14 +40,29 @@ DISCONNECTED: Final = 0
 CONNECTED: Final = 1
 WAITING: Final = 2
 
+# ---- constants. internal.h has each as VCHAN__<NAME>; tests/test_mirror.py checks that the
+# two agree (the addressing ones are in vchan._config, the system ones in vchan._linux).
+#: Upper bound of the truesize of one write of n bytes (DESIGN.md "tsz"):
+#: ``n + TSZ_BASE + TSZ_STEP * (n >> TSZ_SHIFT)``; fit() inverts it (``>> FIT_SHIFT``).
+TSZ_BASE: Final = 2560
+TSZ_STEP: Final = 1024
+TSZ_SHIFT: Final = 15
+FIT_SHIFT: Final = 5
+#: SO_SNDBUF is raised so that ``W = S/4 >= W_RINGS * write_ring + W_EXTRA`` (DESIGN.md).
+W_RINGS: Final = 4
+W_EXTRA: Final = 65536
+#: Client retry back-off for a refused connect (ms); without inotify, at most NOINOTIFY.
+BACKOFF_FIRST_MS: Final = 1
+BACKOFF_MAX_MS: Final = 100
+BACKOFF_NOINOTIFY_MS: Final = 10
+
 _EPOLL_IN = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
 _EPOLL_INOUT = _EPOLL_IN | select.EPOLLOUT
 _POLL_GONE = _linux.POLLRDHUP | select.POLLHUP | select.POLLERR
 _FIONREAD = _linux.FIONREAD
 _ioctl = fcntl.ioctl
-#: FIONREAD's out-parameter: ``_INT0.__copy__()`` filled in place by ioctl (half the cost of
-#: an immutable buffer and an unpack; a copy per call, so threads never share one).
-_INT0 = array.array("i", [0])
+#: FIONREAD's out-parameter: ``_INT0.__copy__()`` filled in place by ioctl (see _linux).
+_INT0 = _linux._INT0
 
 
 def _queued(fd: int) -> int:
@@ -56,8 +70,7 @@ def _queued(fd: int) -> int:
     buf = _INT0.__copy__()
     _ioctl(fd, _FIONREAD, buf, True)
     return buf[0]
-_BACKOFF_FIRST = 0.001
-_BACKOFF_MAX = 0.1
+
 
 # Every channel of this process, for the fork handler (notify.py).
 _live: weakref.WeakSet[_Channel] = weakref.WeakSet()
@@ -91,9 +104,10 @@ class _Channel:
     _listener: socket.socket | None  # server: the listener while WAITING
     _bound: tuple[int, int] | None   # server: (dev, ino) of the socket we bound at path
     _inotify: int               # client that had to wait: inotify fd on the directory, or -1
+                                # (also -1 when inotify is unavailable: the timer alone)
     _watch: int                 # its watch descriptor
     _timer: int                 # client while connecting: back-off timerfd, or -1
-    _backoff: float             # the next back-off (seconds)
+    _backoff_ms: int            # the next back-off
 
     # ---- _lock: write side ----
     _u_est: int                 # upper bound of the bytes (truesize) in flight, U
@@ -139,7 +153,7 @@ class _Channel:
         self._inotify = -1
         self._watch = -1
         self._timer = -1
-        self._backoff = _BACKOFF_FIRST
+        self._backoff_ms = BACKOFF_FIRST_MS
         self._w = 0
         self._u_est = 0
         self._promised = 0

@@ -201,7 +201,10 @@ class Notify(_Channel):
                     self._latch_locked()
 
     def _count(self, n: int) -> None:
-        """``n`` bytes were taken from the kernel queue (outside the hot paths)."""
+        """``n`` bytes were taken from the kernel queue: C's ``vchan__consumed()``. If some
+        arrived after wait()'s last harvest, their edge may be on epoll's ready list and
+        this read may drop it, so latch (DESIGN.md). read() and recv() inline these lines
+        (io.py's docstring says why)."""
         c = self._consumed + n
         self._consumed = c
         if c > self._seen and not self._latched:
