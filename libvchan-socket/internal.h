@@ -17,9 +17,9 @@
  * `state`, `closed` and `blocking` are atomics; `sock` and `w` are written once, before
  * `state` leaves WAITING (release store), and read after an acquire load of `state`.
  *
- * Lifetime. `refs` counts the owner (until libvchan_close), every API call in progress
- * and the pusher thread; whoever drops the last reference closes the descriptors and
- * frees the memory, so a close() from another thread never frees memory in use and no
+ * Lifetime (handle.c). `refs` counts the owner (until libvchan_close), every API call in
+ * progress and the pusher thread; whoever drops the last reference closes the descriptors
+ * and frees the memory, so a close() from another thread never frees memory in use and no
  * descriptor number is reused while a call may still use it.
  */
 #ifndef VCHAN_SOCKET_INTERNAL_H
@@ -164,20 +164,25 @@ void vchan__close_fd(int fd);
 void vchan__lock(pthread_mutex_t *m);
 void vchan__unlock(pthread_mutex_t *m);
 
+/* ---- handle.c ---- */
+struct libvchan *vchan__alloc(void);
+void vchan__abort(struct libvchan *c);
+int vchan__enter(struct libvchan *c);
+void vchan__leave(struct libvchan *c);
+void vchan__ref(struct libvchan *c);
+void vchan__unref(struct libvchan *c);
+
 /* ---- init.c ---- */
 void vchan__try_accept(struct libvchan *c, bool in_wait);
 int vchan__wait_listener(struct libvchan *c);
 int vchan__finish(struct libvchan *c, bool blocking);
-void vchan__close_wake(struct libvchan *c);
+void vchan__unlink_if_ours(struct libvchan *c);
+void vchan__arm_timer(int tfd, long ns);
 
 /* ---- notify.c ---- */
 #define VCHAN__EPOLL_SOCK (EPOLLIN | EPOLLRDHUP | EPOLLET)
 void vchan__latch(struct libvchan *c);
 void vchan__arm(struct libvchan *c);
-int vchan__enter(struct libvchan *c);
-void vchan__leave(struct libvchan *c);
-void vchan__ref(struct libvchan *c);
-void vchan__unref(struct libvchan *c);
 void vchan__set_disconnected(struct libvchan *c);
 int vchan__settle(struct libvchan *c);
 int vchan__wait_connected(struct libvchan *c);

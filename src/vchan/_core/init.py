@@ -1,8 +1,7 @@
 """Channel set-up, like ``libvchan-socket/init.c``: the server's listen and accept, the
 client's connect (with its inotify watch and back-off timer), and attaching the connection.
 
-close()'s wake-up (init.c's ``vchan__close_wake``: shut the sockets down, fire the timer,
-unlink the path) is the middle of :meth:`Notify.close <vchan._core.notify.Notify.close>`.
+The channel itself is set up by ``_Channel.__init__`` (internal.py) and closed in handle.py.
 """
 
 from __future__ import annotations
