@@ -28,8 +28,24 @@ lint: $(VENV)/.installed
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy
 
+# The suite in two passes: everything but the tests marked `serial` on PYTEST_JOBS workers
+# (pytest-xdist; the suite mostly waits on sockets and children, so twice the CPUs), then
+# the `serial` ones (CPU shares, timings, leak counts, signal storms) alone, on a machine
+# the first pass no longer loads. Both passes always run; the exit status is the first
+# failure's. PYTEST_JOBS=0: the first pass in one process too. PYTEST_ARGS: more arguments.
+PYTEST_JOBS ?= $(shell echo $$((2 * $$(nproc 2>/dev/null || echo 1))))
+PYTEST_ARGS ?=
+define two_passes
+	status=0; \
+	$(1) -q -n $(PYTEST_JOBS) -m "not serial" $(PYTEST_ARGS) || status=$$?; \
+	$(1) -q -m serial $(PYTEST_ARGS) || status=$$?; \
+	exit $$status
+endef
+
+# The ASan build first: tests in several workers use it, and must not all build it at once.
 pytest: $(VENV)/.installed lib
-	$(VPY) -m pytest -q
+	$(MAKE) -C libvchan-socket sanitize
+	$(call two_passes,$(VPY) -m pytest)
 
 # The docs first: a broken reference, a warning or a missing page fails the run early, and
 # tests/test_docs.py then checks the man page it built.
@@ -37,7 +53,7 @@ test: lint typecheck docs pytest test-sanitize
 
 test-sanitize: $(VENV)/.installed
 	$(MAKE) -C libvchan-socket sanitize
-	PYTHON=$(abspath $(VPY)) ./libvchan-socket/run-sanitized-tests.sh
+	$(call two_passes,PYTHON=$(abspath $(VPY)) ./libvchan-socket/run-sanitized-tests.sh)
 
 install:
 	$(MAKE) -C libvchan-socket install

@@ -190,6 +190,7 @@ def test_must_never_raise_sigpipe_with_default_disposition(api, sockdir):
     assert os.waitstatus_to_exitcode(status) == 0
 
 
+@pytest.mark.serial  # timing or CPU share: run on a quiet machine
 def test_must_eintr_never_surfaces(api, sockdir):
     """A signal every millisecond during blocking transfers causes no error and no loss."""
     srv, cli = connected_pair(api, read_min=65536, write_min=65536)
@@ -253,6 +254,7 @@ def test_must_eintr_never_surfaces(api, sockdir):
     assert count[0] > 10, "the signals did not fire: the test tested nothing"
 
 
+@pytest.mark.serial  # timing or CPU share: run on a quiet machine
 def test_must_eintr_never_surfaces_in_client_init_and_wait(api, sockdir):
     sent = [0]
     old_usr1 = signal.signal(signal.SIGUSR1, lambda signum, frame: None)

@@ -246,6 +246,7 @@ def _client_latency(api, wait_before: float) -> tuple[float, float]:
     return bg.t_end - t_listen, cpu / elapsed
 
 
+@pytest.mark.serial  # timing or CPU share: run on a quiet machine
 def test_must_client_connects_within_50ms_of_listen(api, sockdir):
     # several rounds, after short and longer waits (a growing back-off would show); on a
     # loaded 2-core machine the scheduler alone can cost tens of ms now and then, so one
@@ -257,11 +258,13 @@ def test_must_client_connects_within_50ms_of_listen(api, sockdir):
     assert lat[len(lat) // 2] < 0.025, f"median connect latency too high: {shown}"
 
 
+@pytest.mark.serial  # timing or CPU share: run on a quiet machine
 def test_must_client_not_busy_wait_while_server_absent(api, sockdir):
     _, cpu_share = _client_latency(api, 0.5)
     assert cpu_share < 0.05, f"waiting client used {cpu_share:.1%} of a CPU"
 
 
+@pytest.mark.serial  # timing or CPU share: run on a quiet machine
 def test_must_client_connects_after_stale_socket_file_replaced(api, sockdir):
     """A stale file (ECONNREFUSED) at the path must not delay the client beyond 50 ms."""
     path = sock_path(sockdir, 0, 0, 1)
@@ -298,6 +301,7 @@ def test_must_async_client_never_blocks_while_server_absent(api, sockdir):
     assert time.monotonic() - t1 < scaled(0.5)
 
 
+@pytest.mark.serial  # timing or CPU share: run on a quiet machine
 def test_must_async_client_finish_returns_1_then_0_driven_by_watch_fd(api, sockdir):
     fds_before = _fds()
     ret = api.libvchan_client_init_async(0, 1)
@@ -630,6 +634,7 @@ def test_must_async_watch_fd_qrexec_sequence_connects_at_once(api, sockdir):
     assert bounded(api.libvchan_recv, h, buf, 8) == 8 and buf == b"hello-01"
 
 
+@pytest.mark.serial  # timing or CPU share: run on a quiet machine
 def test_must_async_watch_fd_readable_within_50ms_of_server_appearing(api, sockdir):
     ret = api.libvchan_client_init_async(0, 1)
     assert ret is not None
@@ -666,6 +671,7 @@ def _until_state(api, h, state: int) -> None:
     wait_until(lambda: api.libvchan_is_open(h) == state, PROMPT)
 
 
+@pytest.mark.serial  # timing or CPU share: run on a quiet machine
 @pytest.mark.parametrize("client_first", [False, True], ids=["server-first", "client-waits"])
 def test_must_session_restarts_on_same_port_qubesdb_pattern(api, sockdir, client_first):
     """qubesdb's daemon: when its peer goes, close() then server_init() on the same domain
@@ -716,6 +722,7 @@ def _idle_cpu_share(seconds: float) -> float:
     return (_cpu() - cpu0) / (time.monotonic() - t0)
 
 
+@pytest.mark.serial  # timing or CPU share: run on a quiet machine
 @pytest.mark.parametrize("full", ["our-read-ring", "our-write-ring"])
 def test_must_is_open_disconnected_promptly_when_peer_leaves_ring_full(api, sockdir, full):
     srv, cli = connected_pair(api)

@@ -127,6 +127,7 @@ def test_peer_never_reads_then_leaves_blocked_writer_gets_epipe(
 # ------------------------------------------------------------------------ never writes
 
 
+@pytest.mark.serial  # timing or CPU share: run on a quiet machine
 @pytest.mark.parametrize("our_role", ROLES)
 def test_peer_never_writes(api, sockdir, our_role):
     h, peer = _hostile_pair(api, sockdir, our_role)

@@ -12,8 +12,12 @@ import signal
 import threading
 import time
 
+import pytest
+
 from tests.conftest import connected_pair, run_bg, scaled
 from tests.reliability import _stream
+
+pytestmark = pytest.mark.serial  # signal storms: run on a quiet machine
 
 TOTAL = 3 << 20
 RING = 65536
