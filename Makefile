@@ -13,7 +13,9 @@ all: lib
 lib:
 	$(MAKE) -C libvchan-socket
 
-$(VENV)/.installed: pyproject.toml version
+# The editable install builds the compiled engine vchan._speedups in place (src/vchan);
+# the test suite rebuilds it when its C sources change (tests/_speedups.py).
+$(VENV)/.installed: pyproject.toml setup.py version
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -e '.[test]'
@@ -51,9 +53,12 @@ pytest: $(VENV)/.installed lib
 # tests/test_docs.py then checks the man page it built.
 test: lint typecheck docs pytest test-sanitize
 
+# ASan+UBSan: the C library (over cffi), then the compiled engine (the same sources in the
+# extension, and the extension's own code).
 test-sanitize: $(VENV)/.installed
 	$(MAKE) -C libvchan-socket sanitize
 	$(call two_passes,PYTHON=$(abspath $(VPY)) ./libvchan-socket/run-sanitized-tests.sh)
+	$(call two_passes,PYTHON=$(abspath $(VPY)) ./speedups/run-sanitized-tests.sh)
 
 install:
 	$(MAKE) -C libvchan-socket install
@@ -98,12 +103,18 @@ $(VENV)/.dist: $(VENV)/.installed
 	$(VPY) -m pip install -q -e '.[test,dist]'
 	touch $@
 
-# The sdist and the wheel, in $(DISTDIR). python -m build makes the wheel from the sdist,
-# so a file missing from the sdist breaks the build.
+# The sdist and the wheels, in $(DISTDIR). python -m build makes the wheel from the sdist,
+# so a file missing from the sdist breaks the build. With a C compiler that wheel carries the
+# compiled engine (a platform wheel, linux_<arch>), and auditwheel repair adds its
+# manylinux-tagged twin; without one it is pure Python (py3-none-any) and there is no twin.
 DISTDIR ?= dist
 dist: $(VENV)/.dist
 	rm -f $(DISTDIR)/vchan-*.tar.gz $(DISTDIR)/vchan-*.whl
 	$(VPY) -m build --outdir $(DISTDIR) .
+	for whl in $(DISTDIR)/vchan-*-linux_*.whl; do \
+		[ ! -e "$$whl" ] || PATH="$(abspath $(VENV))/bin:$$PATH" \
+			$(VENV)/bin/auditwheel repair -w $(DISTDIR) "$$whl" || exit 1; \
+	done
 
 # libvchan-socket1 and libvchan-socket-dev, in $(PKGOUT)/deb/, built in a copy of the tree
 # (dpkg-buildpackage writes its results next to the source directory).
@@ -143,4 +154,5 @@ test-packages: $(VENV)/.dist
 
 clean:
 	-$(MAKE) -C libvchan-socket clean
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist build-pkg build rpm_spec/*.spec
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist build-pkg build rpm_spec/*.spec \
+		src/vchan/_speedups*.so

@@ -1,4 +1,4 @@
-"""The benchmark's outputs: the text tables, the targets (issues 9 and 10), the PNG chart."""
+"""The benchmark's outputs: the text tables, the targets (issues 9, 10 and 15), the PNG chart."""
 
 from __future__ import annotations
 
@@ -60,6 +60,15 @@ TARGETS: list[tuple[int, str, str, str, str, float | None, str]] = [
     (10, "pyasync", "stream-4kib", "gbps", ">=", 0.8, "anchor"),
     (10, "pyasync", "stream-64kib", "gbps", ">=", 0.8, "anchor"),
     (10, "pyasync", "pingsel", "median_us", "<=", 1.3, "anchor"),
+    (15, "c", "pingsel", "median_us", "<=", 1.2, "raw"),
+    (15, "pyx", "stream-64b", "gbps", ">=", 0.7, "anchor"),
+    (15, "pyx", "stream-4kib", "gbps", ">=", 0.9, "anchor"),
+    (15, "pyx", "stream-64kib", "gbps", ">=", 0.9, "anchor"),
+    (15, "pyx", "ping", "median_us", "<=", 1.1, "anchor"),
+    (15, "pyx", "pingsel", "median_us", "<=", 1.3, "anchor"),
+    (15, "pyasyncx", "stream-4kib", "gbps", ">=", 1.0, "anchor"),
+    (15, "pyasyncx", "stream-64kib", "gbps", ">=", 1.0, "anchor"),
+    (15, "pyasyncx", "pingsel", "median_us", "<=", 1.2, "anchor"),
 ]
 
 _CASE_WORDS = {"stream-64b": "stream 64 B throughput", "stream-4kib": "stream 4 KiB throughput",
@@ -248,7 +257,7 @@ def table(result: dict[str, Any], cases: list[Case]) -> str:
                             f"slowest pair {s['slowest_mbps']:.2f} MB/s, fastest "
                             f"{s['fastest_mbps']:.2f} MB/s, all verified: {s['verified']}")
     rows.append("")
-    rows.append("targets (issue 9: ratio to raw; issue 10: ratio to the anchor; scale: issue 5):")
+    rows.append("targets (ratio to raw, or to the anchor; scale: issue 5):")
     for t in result.get("targets", []):
         if t.get("info"):
             v, r, a = t.get("value"), t.get("ratio"), t.get("anchor_ratio")

@@ -68,6 +68,7 @@ class Impl:
     cases: tuple[str, ...] = ("stream", "ping", "pingsel")  # the case kinds it runs
     group: str = "native"  # native (C and the raw floor) | python: which table shows it
     anchor: str | None = None  # the column this one is also compared with (Python columns)
+    env: dict[str, str] = field(default_factory=dict)  # for its children (the engine)
 
 
 @dataclass
@@ -145,6 +146,9 @@ def _py_env(extra: dict[str, str]) -> dict[str, str]:
     if env.get("PYTHONPATH"):
         path.append(env["PYTHONPATH"])
     env["PYTHONPATH"] = os.pathsep.join(path)
+    # The "pure Python" and "vchan.asyncio" rows measure the pure-Python engine, which is no
+    # longer the default where the compiled one (vchan._speedups) is built.
+    env["VCHAN_PURE_PYTHON"] = "1"
     env.update(extra)
     return env
 
@@ -193,9 +197,9 @@ class CaseRunner:
         return [*py, "--api", api, *dom]
 
     def _spawn(self, argv: list[str], role: str, cpus: set[int] | None, out: str,
-               fds: tuple[int, ...]) -> subprocess.Popen[bytes]:
+               fds: tuple[int, ...], extra: dict[str, str]) -> subprocess.Popen[bytes]:
         env = _py_env({"VCHAN_SOCKET_DIR": self.workdir,
-                       "VCHAN_DOMAIN": "0" if role == "server" else "1"})
+                       "VCHAN_DOMAIN": "0" if role == "server" else "1", **extra})
 
         def pin() -> None:
             if cpus:
@@ -218,7 +222,8 @@ class CaseRunner:
                 fd = fds[i].fileno() if fds else None
                 cpus = self.pinning.server if role == "server" else self.pinning.client
                 procs[role] = self._spawn(self._argv(impl, role, case, fd), role, cpus,
-                                          outs[role], (fd,) if fd is not None else ())
+                                          outs[role], (fd,) if fd is not None else (),
+                                          impl.env)
         finally:
             for s in fds:
                 s.close()
@@ -384,13 +389,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 #: the --only names of the built-in columns (plus lib1, lib2, ... for --lib)
-KEYS = ("raw", "rawep", "c", "pysock", "py", "pyc", "aiounix", "pyasync")
+KEYS = ("raw", "rawep", "c", "pysock", "py", "pyx", "pyc", "aiounix", "pyasync", "pyasyncx")
+#: the children of the compiled-engine columns (the others measure the pure-Python engine)
+SPEEDUPS_ENV = {"VCHAN_PURE_PYTHON": "0", "VCHAN_BACKEND": "speedups"}
 ASYNC_CASES = ("stream", "pingsel")  # asyncio is select-driven by construction
 
 
 def implementations(args: argparse.Namespace) -> list[Impl]:
     clib, why = find_clib()
     cffi = importable("cffi")
+    speedups = importable("vchan._speedups")
     impls = [Impl("raw", "raw socket", "raw"),
              # diagnostic: the raw socket with an epoll fd registered on it the way the
              # libraries now do (DESIGN.md, SPEC §5: edge-triggered IN|RDHUP, no OUT),
@@ -405,11 +413,16 @@ def implementations(args: argparse.Namespace) -> list[Impl]:
         # the Python columns, each next to its anchor: the same program over a plain socket
         Impl("pysock", "plain Python socket", "pysock", group="python"),
         Impl("py", "pure Python", "py", group="python", anchor="pysock"),
+        Impl("pyx", "compiled engine", "py", skip=speedups, group="python", anchor="pysock",
+             env=SPEEDUPS_ENV),
         Impl("pyc", "Python over the C library", "pylib", clib, why or cffi, group="python",
              anchor="pysock"),
         Impl("aiounix", "asyncio Unix streams", "aiounix", cases=ASYNC_CASES, group="python"),
         Impl("pyasync", "vchan.asyncio", "pyasync", skip=importable("vchan.asyncio"),
              cases=ASYNC_CASES, group="python", anchor="aiounix"),
+        Impl("pyasyncx", "vchan.asyncio, compiled", "pyasync",
+             skip=importable("vchan.asyncio") or speedups, cases=ASYNC_CASES, group="python",
+             anchor="aiounix", env=SPEEDUPS_ENV),
     ]
     if args.only:
         keep = {k.strip() for k in args.only.split(",")} | {"raw"}

@@ -18,8 +18,11 @@
 
 #include "internal.h"
 
-/* A new handle, WAITING, with its epoll instance and the owner's reference. */
-struct libvchan *vchan__alloc(void)
+/*
+ * A new handle, WAITING, with its epoll instance and the owner's reference.
+ * allow_any_uid: 0 or 1, or -1 for $VCHAN_ALLOW_ANY_UID.
+ */
+struct libvchan *vchan__alloc(int allow_any_uid)
 {
 	struct libvchan *c = calloc(1, sizeof(*c));
 
@@ -32,7 +35,7 @@ struct libvchan *vchan__alloc(void)
 	c->refs = 1;
 	c->blocking = 1;
 	c->state = VCHAN_WAITING;
-	c->allow_any_uid = vchan__env_allow_any_uid();
+	c->allow_any_uid = allow_any_uid < 0 ? vchan__env_allow_any_uid() : allow_any_uid != 0;
 	pthread_mutex_init(&c->slock, NULL);
 	pthread_mutex_init(&c->wlock, NULL);
 	pthread_mutex_init(&c->rlock, NULL);

@@ -305,10 +305,11 @@ out:
 
 /*
  * Block until a WAITING server's listener is readable, then try to accept. Returns 0,
- * or -1/EBADF if the channel was closed.
+ * or -1/EBADF if the channel was closed (-1/EINTR if an embedding's hook ended the wait).
  */
 int vchan__wait_listener(struct libvchan *c)
 {
+	bool intr;
 	int fd;
 
 	vchan__lock(&c->slock);
@@ -325,7 +326,7 @@ int vchan__wait_listener(struct libvchan *c)
 	c->listen_users++;
 	vchan__unlock(&c->slock);
 
-	(void)vchan__poll1(fd, POLLIN, -1);
+	intr = vchan__poll1(fd, POLLIN, -1) < 0 && errno == EINTR;
 
 	vchan__lock(&c->slock);
 	if (--c->listen_users == 0 && c->listen_retired) {
@@ -338,12 +339,22 @@ int vchan__wait_listener(struct libvchan *c)
 		errno = EBADF;
 		return -1;
 	}
+	if (intr) {
+		errno = EINTR;
+		return -1;
+	}
 	vchan__try_accept(c, false);
 	return 0;
 }
 
 VCHAN_API libvchan_t *libvchan_server_init(int domain, int port, size_t read_min,
 					   size_t write_min)
+{
+	return vchan__server_init(domain, port, read_min, write_min, -1);
+}
+
+libvchan_t *vchan__server_init(int domain, int port, size_t read_min, size_t write_min,
+			       int allow_any_uid)
 {
 	struct libvchan *c;
 	int local, lock_fd;
@@ -354,7 +365,7 @@ VCHAN_API libvchan_t *libvchan_server_init(int domain, int port, size_t read_min
 		errno = EINVAL;
 		return NULL;
 	}
-	c = vchan__alloc();
+	c = vchan__alloc(allow_any_uid);
 	if (!c)
 		return NULL;
 	c->is_server = true;
@@ -546,7 +557,7 @@ int vchan__finish(struct libvchan *c, bool blocking)
 			return r;
 		do
 			r = epoll_wait(c->epfd, ev, 4, -1);
-		while (r < 0 && errno == EINTR);
+		while (r < 0 && errno == EINTR && vchan__intr_retry());
 		if (r < 0)
 			return -1;
 	}
@@ -556,8 +567,10 @@ int vchan__finish(struct libvchan *c, bool blocking)
  * Client set-up. `watch`: the caller polls the watch fd before finish() (async init), so a
  * connection made here must make it readable, as Xen's xenstore watch fires at once: the
  * connection is latched as an event, reported by the next wait() (SPEC section 2).
+ * allow_any_uid as for vchan__alloc().
  */
-static libvchan_t *vchan__client_start(int domain, int port, EVTCHN *watch_fd, bool watch)
+libvchan_t *vchan__client_start(int domain, int port, EVTCHN *watch_fd, bool watch,
+				int allow_any_uid)
 {
 	struct libvchan *c;
 	char dir[VCHAN__PATH_MAX + 1];
@@ -571,7 +584,7 @@ static libvchan_t *vchan__client_start(int domain, int port, EVTCHN *watch_fd, b
 	}
 	if (vchan__check_args(domain, port) || vchan__local_domain(&local))
 		return NULL;
-	c = vchan__alloc();
+	c = vchan__alloc(allow_any_uid);
 	if (!c)
 		return NULL;
 	c->read_ring = c->write_ring = VCHAN__CLIENT_RING;
@@ -645,7 +658,7 @@ fail:
 
 VCHAN_API libvchan_t *libvchan_client_init_async(int domain, int port, EVTCHN *watch_fd)
 {
-	return vchan__client_start(domain, port, watch_fd, true);
+	return vchan__client_start(domain, port, watch_fd, true, -1);
 }
 
 VCHAN_API int libvchan_client_init_async_finish(libvchan_t *ctrl, bool blocking)
@@ -662,7 +675,7 @@ VCHAN_API int libvchan_client_init_async_finish(libvchan_t *ctrl, bool blocking)
 VCHAN_API libvchan_t *libvchan_client_init(int domain, int port)
 {
 	EVTCHN fd;
-	struct libvchan *c = vchan__client_start(domain, port, &fd, false);
+	struct libvchan *c = vchan__client_start(domain, port, &fd, false, -1);
 
 	if (!c)
 		return NULL;

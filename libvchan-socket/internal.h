@@ -35,7 +35,11 @@
 
 #include "libvchan.h"
 
+/* The exported API. An embedding that compiles these sources into itself (the Python
+ * extension vchan._speedups) defines VCHAN_API empty, so that it exports nothing of ours. */
+#ifndef VCHAN_API
 #define VCHAN_API __attribute__((visibility("default")))
+#endif
 
 /*
  * Constants. Each is written here only; the pure-Python engine has each under the same
@@ -148,6 +152,17 @@ struct libvchan {
 #define vchan__store(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
 
 /* ---- util.c ---- */
+/*
+ * Interruptible waits, for an embedding that must run code when a signal arrives (the
+ * Python extension: its signal handlers). The shared library never sets the hook, so
+ * every wait retries EINTR, as libvchan.h promises. When it is set, a wait that sleeps
+ * with no lock held (poll, epoll_wait, a blocking recv) calls it on EINTR: 0 retries the
+ * wait, anything else ends the API call with -1/EINTR, having consumed nothing that is
+ * not kept (a partial recv stays in the stash). A wait made with a lock held never calls
+ * it: no embedding code runs under our locks.
+ */
+extern int (*vchan__intr_hook)(void);
+bool vchan__intr_retry(void);
 size_t vchan__tsz(size_t n);
 size_t vchan__fit(size_t room);
 int vchan__local_domain(int *out);
@@ -156,6 +171,7 @@ bool vchan__env_allow_any_uid(void);
 bool vchan__peer_trusted(int fd, bool allow_any_uid);
 size_t vchan__setup_sndbuf(int fd, size_t write_ring);
 int vchan__poll1(int fd, short events, int timeout_ms);
+int vchan__poll1_locked(int fd, short events, int timeout_ms);
 int vchan__poll_now(int fd, short events);
 ssize_t vchan__send(int fd, const void *buf, size_t len);
 ssize_t vchan__recv_flags(int fd, void *buf, size_t len, int flags);
@@ -165,7 +181,7 @@ void vchan__lock(pthread_mutex_t *m);
 void vchan__unlock(pthread_mutex_t *m);
 
 /* ---- handle.c ---- */
-struct libvchan *vchan__alloc(void);
+struct libvchan *vchan__alloc(int allow_any_uid);
 void vchan__abort(struct libvchan *c);
 int vchan__enter(struct libvchan *c);
 void vchan__leave(struct libvchan *c);
@@ -173,6 +189,14 @@ void vchan__ref(struct libvchan *c);
 void vchan__unref(struct libvchan *c);
 
 /* ---- init.c ---- */
+/* The init functions with VCHAN_ALLOW_ANY_UID given (0 or 1) instead of read from the
+ * environment (-1); the public ones pass -1. vchan__client_start() is client_init_async()
+ * (watch true) and the start of client_init() (watch false). For the public functions and
+ * an embedding (the Python extension). */
+libvchan_t *vchan__server_init(int domain, int port, size_t read_min, size_t write_min,
+			       int allow_any_uid);
+libvchan_t *vchan__client_start(int domain, int port, EVTCHN *watch_fd, bool watch,
+				int allow_any_uid);
 void vchan__try_accept(struct libvchan *c, bool in_wait);
 int vchan__wait_listener(struct libvchan *c);
 int vchan__finish(struct libvchan *c, bool blocking);

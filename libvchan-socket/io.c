@@ -715,8 +715,11 @@ static int vchan__deliver(struct libvchan *c, char *out, size_t n)
 		if (r > 0) {
 			got += (size_t)r;
 		} else if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-			/* FIONREAD counted these bytes; they cannot vanish */
-			(void)vchan__poll1(c->sock, POLLIN | POLLRDHUP, -1);
+			/*
+			 * FIONREAD counted these bytes; only a concurrent reader can have
+			 * taken them (then wait for more; rlock is held: not interruptible)
+			 */
+			(void)vchan__poll1_locked(c->sock, POLLIN | POLLRDHUP, -1);
 		} else {
 			/* cannot complete: put what we consumed back, nothing is lost */
 			if (vchan__stash_reserve(c, got) == 0) {
@@ -806,7 +809,12 @@ VCHAN_API int libvchan_recv(libvchan_t *c, void *data, size_t size)
 			vchan__leave(c);
 			return (int)size;
 		}
-		/* EOF, reset or our close() came first: keep what arrived, decide below */
+		if (r < 0 && errno == EINTR) {
+			/* an embedding's hook ended the wait (internal.h): nothing was taken */
+			vchan__leave(c);
+			return -1;
+		}
+		/* EOF, reset, our close() or a signal came first: keep what arrived */
 		vchan__lock(&c->rlock);
 		if (r > 0 && vchan__stash_prepend(c, out, (size_t)r) < 0) {
 			ret = -1;
@@ -815,6 +823,19 @@ VCHAN_API int libvchan_recv(libvchan_t *c, void *data, size_t size)
 		if (vchan__stash_reserve(c, c->read_ring) < 0) {
 			ret = -1;
 			goto out;
+		}
+		if (r > 0 && vchan__intr_hook) {
+			/*
+			 * A short MSG_WAITALL may be a signal, which an embedding must see
+			 * (internal.h): its hook runs with no lock held; the bytes are stashed.
+			 */
+			vchan__unlock(&c->rlock);
+			errno = EINTR;
+			if (!vchan__intr_retry()) {
+				vchan__leave(c);
+				return -1;
+			}
+			vchan__lock(&c->rlock);
 		}
 		goto slow;
 	}

@@ -77,7 +77,7 @@ static int vchan__epoll_now(struct libvchan *c, struct epoll_event *ev, int n, i
 
 	do
 		r = epoll_wait(c->epfd, ev, n, timeout);
-	while (r < 0 && errno == EINTR);
+	while (r < 0 && errno == EINTR && (timeout == 0 || vchan__intr_retry()));
 	return r;
 }
 

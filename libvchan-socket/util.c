@@ -120,18 +120,45 @@ size_t vchan__setup_sndbuf(int fd, size_t write_ring)
 	return cur > 0 ? (size_t)cur / 4 : 0;
 }
 
-/* poll() one fd; returns revents, 0 on timeout, -1 on error. EINTR is retried. */
-int vchan__poll1(int fd, short events, int timeout_ms)
+/* NULL in the shared library; see internal.h. */
+int (*vchan__intr_hook)(void);
+
+/* A wait was interrupted by a signal: whether to retry it (always, without a hook). */
+bool vchan__intr_retry(void)
+{
+	int saved = errno;
+	bool retry = !vchan__intr_hook || vchan__intr_hook() == 0;
+
+	errno = saved;
+	return retry;
+}
+
+static int vchan__poll1_how(int fd, short events, int timeout_ms, bool interruptible)
 {
 	struct pollfd p = { .fd = fd, .events = events, .revents = 0 };
 	int r;
 
 	do
 		r = poll(&p, 1, timeout_ms);
-	while (r < 0 && errno == EINTR);
+	while (r < 0 && errno == EINTR && (!interruptible || vchan__intr_retry()));
 	if (r < 0)
 		return -1;
 	return r ? p.revents : 0;
+}
+
+/*
+ * poll() one fd; returns revents, 0 on timeout, -1 on error. EINTR is retried (unless an
+ * embedding's hook ends the wait, see internal.h: then -1/EINTR). No lock may be held.
+ */
+int vchan__poll1(int fd, short events, int timeout_ms)
+{
+	return vchan__poll1_how(fd, events, timeout_ms, timeout_ms != 0);
+}
+
+/* vchan__poll1() for a wait made with a lock held: EINTR is always retried. */
+int vchan__poll1_locked(int fd, short events, int timeout_ms)
+{
+	return vchan__poll1_how(fd, events, timeout_ms, false);
 }
 
 /* The events of one fd right now (poll with timeout 0); 0 on error. */
@@ -152,14 +179,17 @@ ssize_t vchan__send(int fd, const void *buf, size_t len)
 	return r;
 }
 
-/* recv() with flags; a blocking one (flags 0 or MSG_WAITALL) sleeps in the kernel. */
+/*
+ * recv() with flags; a blocking one (flags 0 or MSG_WAITALL) sleeps in the kernel (with no
+ * lock held: an embedding's hook may end it, -1/EINTR, see internal.h).
+ */
 ssize_t vchan__recv_flags(int fd, void *buf, size_t len, int flags)
 {
 	ssize_t r;
 
 	do
 		r = recv(fd, buf, len, flags);
-	while (r < 0 && errno == EINTR);
+	while (r < 0 && errno == EINTR && ((flags & MSG_DONTWAIT) || vchan__intr_retry()));
 	return r;
 }
 

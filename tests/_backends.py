@@ -1,6 +1,7 @@
 """Backends the Pythonic-layer tests run over: the conformance suite's implementations
-(tests/conftest.py: ``VCHAN_TEST_IMPLS``, default ``python`` and our C library ``c``, plus
-``lib`` when ``VCHAN_TEST_LIB=/path/lib.so`` is set).
+(tests/conftest.py: ``VCHAN_TEST_IMPLS``, by default the engines ``python`` (pure Python)
+and ``speedups`` (compiled) and our C library ``c``, plus ``lib`` when
+``VCHAN_TEST_LIB=/path/lib.so`` is set).
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ def names() -> list[str]:
 
 def backend_arg(name: str) -> str:
     """The ``backend=`` argument for ``name``; skips the test if it is not available."""
-    if name == "python":
-        return "python"
+    if name in ("python", "speedups"):
+        return name
     if name == "lib":
         path = os.environ.get("VCHAN_TEST_LIB", "")
         if not path:

@@ -1,10 +1,14 @@
 """Shared fixtures and helpers for the vchan test-suites.
 
 Implementations under test are chosen with ``VCHAN_TEST_IMPLS`` (comma list, default
-``python,c``): ``python`` is :mod:`vchan.libvchan`, ``c`` our ``libvchan-socket`` loaded with
+``python,speedups,c``): ``python`` is :mod:`vchan.libvchan` over the pure-Python engine,
+``speedups`` the same API over the compiled engine ``vchan._speedups`` (rebuilt in place when
+its sources changed, see tests/_speedups.py), ``c`` our ``libvchan-socket`` loaded with
 cffi, and ``lib`` (added automatically when ``VCHAN_TEST_LIB=/path/lib.so`` is set) any other
-libvchan shared library. Every deadline is a multiple of ``TIMEOUT`` (env
-``VCHAN_TEST_TIMEOUT``, seconds, default 10) so slow machines can scale them.
+libvchan shared library. ``VCHAN_TEST_SPEEDUPS=/path/_speedups.so`` makes ``vchan._speedups``
+that file (the sanitizer build: speedups/run-sanitized-tests.sh). Every deadline is a
+multiple of ``TIMEOUT`` (env ``VCHAN_TEST_TIMEOUT``, seconds, default 10) so slow machines
+can scale them.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests import _speedups
 
 REPO = Path(__file__).resolve().parent.parent
 CLIB_DIR = REPO / "libvchan-socket"
@@ -56,7 +62,9 @@ def deadline(seconds: float = TIMEOUT) -> float:
 
 
 def _impl_names() -> list[str]:
-    names = [n.strip() for n in os.environ.get("VCHAN_TEST_IMPLS", "python,c").split(",")]
+    names = [
+        n.strip() for n in os.environ.get("VCHAN_TEST_IMPLS", "python,speedups,c").split(",")
+    ]
     names = [n for n in names if n]
     if os.environ.get("VCHAN_TEST_LIB") and "lib" not in names:
         names.append("lib")
@@ -94,11 +102,16 @@ def _build_clib() -> str | None:
     return reason
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Before any test module imports vchan (and so vchan._speedups).
+    _speedups.prepare()
+
+
 def _load_impl(name: str) -> Any:
-    if name == "python":
+    if name in ("python", "speedups"):
         import vchan.libvchan as mod
 
-        return mod
+        return mod.for_engine(name)  # OSError if the engine is not available
     from vchan import _cffi
 
     if name == "c":

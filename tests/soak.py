@@ -60,10 +60,10 @@ _loaded: dict[str, Any] = {}
 
 def load(name: str) -> Any:
     if name not in _loaded:
-        if name == "python":
+        if name in ("python", "speedups"):
             import vchan.libvchan as lv
 
-            _loaded[name] = lv
+            _loaded[name] = lv.for_engine(name)
         else:
             from vchan import _cffi
 
@@ -72,7 +72,9 @@ def load(name: str) -> Any:
 
 
 def spec(name: str) -> str:
-    return "python" if name == "python" else (str(CLIB) if name == "c" else name)
+    if name in ("python", "speedups"):
+        return name
+    return str(CLIB) if name == "c" else name
 
 
 def server_rings(rmin: int, wmin: int) -> tuple[int, int]:
@@ -354,8 +356,9 @@ def play(round_no: int, seed: int, impls: list[str]) -> tuple[str, str, int]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=60.0, help="how long (default 60)")
-    ap.add_argument("--impl", default="python,c",
-                    help="comma list: python, c, or paths of libvchan .so (default python,c)")
+    ap.add_argument("--impl", default="python,speedups,c",
+                    help="comma list: python, speedups, c, or paths of libvchan .so "
+                    "(default python,speedups,c)")
     ap.add_argument("--seed", type=int, help="master seed (default: time)")
     ap.add_argument("--only", type=int, help="replay this one round of --seed")
     ap.add_argument("--keep-going", action="store_true", help="continue after a failure")

@@ -419,8 +419,8 @@ async def exchange(stream):
     got = bytearray()
 
     async def receiving():
-        while len(got) < MIB:  # no more than its MIB: the server's "bye" may follow at once
-            got.extend(await stream.receive(MIB - len(got)))
+        while len(got) < MIB:
+            got.extend(await stream.receive(MIB - len(got)))  # not the "bye" after it
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(receiving)

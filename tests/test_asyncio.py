@@ -419,7 +419,8 @@ def test_errors_are_raised_at_once(sockdir, monkeypatch):
 
 
 def test_untrusted_connection_does_not_block_the_loop(sockdir, monkeypatch):
-    """A WAITING server that refuses a peer keeps waiting without blocking the loop."""
+    """A WAITING server that refuses a peer keeps waiting without blocking the loop
+    (the pure engine, told to refuse the first peer; any uid: see the next test)."""
     from vchan import _core
 
     refused: list[bool] = []
@@ -428,7 +429,7 @@ def test_untrusted_connection_does_not_block_the_loop(sockdir, monkeypatch):
     )
 
     async def main() -> None:
-        srv = await not_done_after(va.open_server(0, 26))
+        srv = await not_done_after(va.open_server(0, 26, backend="python"))
         raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         raw.connect(str(sock_path(sockdir, 0, 0, 26)))
         ticks = 0
@@ -444,6 +445,48 @@ def test_untrusted_connection_does_not_block_the_loop(sockdir, monkeypatch):
         assert await sr.readexactly(17) == b"plain socket peer"
         raw2.close()
         assert await sr.read() == b""
+
+    run(main())
+
+
+def test_other_uid_connection_does_not_block_the_loop(backend, sockdir):
+    """The same with a real peer of another uid (nobody), for every backend."""
+    from tests.reliability.test_security import _as_nobody, _intruder, _nobody, _reap
+
+    nobody = _nobody()
+    path = str(sock_path(sockdir, 0, 0, 27))
+    os.chmod(sockdir, 0o777)
+
+    async def main() -> None:
+        old = os.umask(0)
+        try:
+            srv = asyncio.create_task(va.open_server(0, 27, backend=backend))
+            await not_done_after(asyncio.shield(srv))
+        finally:
+            os.umask(old)
+        pid, ready = _as_nobody(_intruder(path, b"intruder", None), nobody)
+        try:
+            code = -1
+            while code == -1:  # the loop keeps running while the refusal happens
+                await asyncio.sleep(0.001)
+                got, status = os.waitpid(pid, os.WNOHANG)
+                if got:
+                    code = os.waitstatus_to_exitcode(status)
+        except BaseException:
+            _reap(pid, 0)
+            raise
+        finally:
+            os.close(ready)
+        assert code == 0, f"nobody's connection was not refused (child code {code})"
+        await not_done_after(asyncio.shield(srv))
+        raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        raw.connect(path)
+        sr, sw = await srv
+        raw.sendall(b"plain socket peer")
+        assert await sr.readexactly(17) == b"plain socket peer"
+        raw.close()
+        assert await sr.read() == b""
+        sw.close()
 
     run(main())
 

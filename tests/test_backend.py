@@ -16,7 +16,7 @@ import pytest
 import vchan
 from tests import _backends
 from tests.conftest import TIMEOUT, bounded, pattern, wait_until
-from vchan import _backend, _core
+from vchan import _backend, _core, _speedups
 from vchan._backend import CEndpoint
 
 
@@ -38,17 +38,30 @@ def backend(request: pytest.FixtureRequest, sockdir: str) -> Iterator[str]:
 # ---------------------------------------------------------------------------- selection
 
 
-def test_default_backend_is_python(sockdir, monkeypatch):
+def test_default_backend_is_the_engine(sockdir, monkeypatch):
     monkeypatch.delenv(_backend.BACKEND_ENV, raising=False)
-    assert _backend.resolve(None) == "python"
+    assert _backend.resolve(None) == vchan.ENGINE == "speedups"  # built for the suite
     with vchan.server(1, 5) as srv:
         assert srv.read_ring == 65536
-        assert isinstance(srv._endpoint(), _core.Channel)
+        assert isinstance(srv._endpoint(), _speedups.Channel)
+
+
+def test_engine_names_are_backends(sockdir):
+    for name, cls in (("python", _core.Channel), ("speedups", _speedups.Channel)):
+        with vchan.server(0, 5, 4097, 100, backend=name) as srv:
+            assert isinstance(srv._endpoint(), cls)
+            assert (srv.read_ring, srv.write_ring) == (8192, 2048)
+            with vchan.client(0, 5, timeout=0, backend=name) as cli:
+                assert isinstance(cli._endpoint(), cls)
+                assert (cli.read_ring, cli.write_ring) == (65536, 65536)
 
 
 def test_env_selects_backend(sockdir, monkeypatch):
     monkeypatch.setenv(_backend.BACKEND_ENV, "python")
     assert _backend.resolve(None) == "python"
+    monkeypatch.setenv(_backend.BACKEND_ENV, "speedups")
+    with vchan.server(1, 5) as srv:
+        assert isinstance(srv._endpoint(), _speedups.Channel)
     assert _backend.resolve("/x/lib.so") == "/x/lib.so"  # the argument wins
     path = clib_path()
     monkeypatch.setenv(_backend.BACKEND_ENV, path)
@@ -76,7 +89,7 @@ def test_load_library_is_cached():
     assert _backend.load_library(path) is _backend.load_library(path)
 
 
-def test_allow_any_uid_needs_python_backend(sockdir):
+def test_allow_any_uid_needs_an_engine(sockdir):
     path = clib_path()
     with pytest.raises(vchan.InvalidArgument, match="VCHAN_ALLOW_ANY_UID"):
         vchan.server(1, 5, allow_any_uid=True, backend=path)

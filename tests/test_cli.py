@@ -124,7 +124,11 @@ def test_version_and_help_everywhere(sockdir):
     env = env_for(sockdir)
     proc = run_cli(["--version"], env)
     assert proc.returncode == 0
-    assert proc.stdout.decode().strip() == f"vchan {vchan.__version__}"
+    # the engine in use: the compiled one (built for the suite) unless the pure one is asked
+    assert proc.stdout.decode().strip() == f"vchan {vchan.__version__} (speedups engine)"
+    for forced in ({"VCHAN_PURE_PYTHON": "1"}, {"VCHAN_BACKEND": "python"}):
+        proc = run_cli(["--version"], dict(env, **forced))
+        assert proc.stdout.decode().strip() == f"vchan {vchan.__version__} (python engine)"
     for cmd in ([], ["listen"], ["connect"], ["ls"], ["demo"], ["bench"]):
         proc = run_cli([*cmd, "--help"], env)
         assert proc.returncode == 0, proc.stderr
@@ -560,14 +564,14 @@ def test_ls_empty(sockdir):
 # ------------------------------------------------------------------------------- demo
 
 
-@pytest.mark.parametrize("backend", ["python", "c"])
+@pytest.mark.parametrize("backend", ["python", "speedups", "c"])
 def test_demo(sockdir, backend):
-    args = ["demo", "--mib", "8", "--pings", "200"]
+    args = ["demo", "--mib", "8", "--pings", "200", "--backend", backend]
     if backend == "c":
         reason = _build_clib()
         if reason is not None:
             pytest.skip(reason)
-        args += ["--backend", str(CLIB)]
+        args[-1] = str(CLIB)
     proc = run_cli(args, env_for(sockdir), timeout=TIMEOUT * 3)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout.decode()

@@ -2,8 +2,13 @@
 
 Pythonic API: :func:`server`, :func:`client` and :class:`Vchan`; the C-shaped API is in
 :mod:`vchan.libvchan`. See README.md for a tour.
+
+:data:`ENGINE` names the engine of this process: ``"speedups"`` (the compiled extension,
+built from the C library's sources) or ``"python"`` (pure Python: no compiler was available,
+or ``VCHAN_PURE_PYTHON=1`` asked for it).
 """
 
+from ._engine import ENGINE
 from .channel import State, Vchan, client, server
 from .exceptions import (
     ConnectTimeout,
@@ -36,7 +41,7 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
-    "ConnectTimeout", "Disconnected", "InvalidArgument", "MessageTooLong", "PathInUse",
+    "ENGINE", "ConnectTimeout", "Disconnected", "InvalidArgument", "MessageTooLong", "PathInUse",
     "ServerExists", "SocketDirMissing", "SocketPathTooLong", "State", "UntrustedPeer",
     "Vchan", "VchanError", "__version__", "client", "server",
 ]

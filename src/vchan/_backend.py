@@ -1,15 +1,18 @@
-"""Backends of the Pythonic API: the pure-Python engine, or any libvchan shared library.
+"""Backends of the Pythonic API: an engine of this package, or any libvchan shared library.
 
 Like pyzmq's ``zmq.backend``, the Pythonic layer (:mod:`vchan.channel`, :mod:`vchan.asyncio`)
 talks to an *endpoint* with libvchan's semantics, whatever implements it:
 
-* ``"python"`` (the default): :class:`vchan._core.Channel`, the pure-Python engine;
+* an engine (:mod:`vchan._engine`): ``"speedups"``, :class:`vchan._speedups.Channel`, the
+  compiled extension built from the C library's sources, or ``"python"``,
+  :class:`vchan._core.Channel`, the pure-Python engine;
 * anything else names a libvchan shared library, loaded with cffi in ABI mode through
   :func:`vchan._cffi.load`: a path (``./libvchan-socket/build/libvchan-socket.so``), a
   library name the dynamic linker finds (``libvchan-xen.so``), or a short name ``NAME``
   standing for ``libvchan-NAME.so`` (``xen``, ``socket``).
 
-The choice is the ``backend=`` argument, else ``$VCHAN_BACKEND``, else ``"python"``.
+The choice is the ``backend=`` argument, else ``$VCHAN_BACKEND``, else the engine of this
+process, :data:`vchan.ENGINE` (``"speedups"`` if the extension was built, else ``"python"``).
 
 Connecting is the same for every backend: start an asynchronous client
 (``libvchan_client_init_async``), poll its watch fd, and call
@@ -25,14 +28,18 @@ import os
 import select
 import threading
 import time
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from . import _config, _core
+from . import _config, _core, _engine
+
+if TYPE_CHECKING:
+    from ._engine import EngineChannel
 
 __all__ = [
     "BACKEND_ENV",
     "CEndpoint",
     "PendingClient",
+    "check",
     "load_library",
     "resolve",
     "start_client",
@@ -42,7 +49,8 @@ __all__ = [
 
 #: Environment variable naming the default backend.
 BACKEND_ENV = "VCHAN_BACKEND"
-PYTHON = "python"
+PYTHON = _engine.PYTHON
+SPEEDUPS = _engine.SPEEDUPS
 
 
 class Endpoint(Protocol):
@@ -88,15 +96,25 @@ _libs_lock = threading.Lock()
 
 
 def resolve(backend: str | None) -> str:
-    """The backend name in effect: ``backend``, else ``$VCHAN_BACKEND``, else ``python``."""
+    """The backend name in effect: ``backend``, else ``$VCHAN_BACKEND``, else the engine of
+    this process (:data:`vchan._engine.ENGINE`)."""
     if backend is None:
-        backend = os.environ.get(BACKEND_ENV) or PYTHON
+        backend = os.environ.get(BACKEND_ENV) or _engine.ENGINE
     if not isinstance(backend, str):
         raise OSError(errno.EINVAL, f"backend must be a str, not {type(backend).__name__}")
     backend = backend.strip()
     if not backend:
         raise OSError(errno.EINVAL, "empty backend name")
     return backend
+
+
+def check(name: str) -> None:
+    """Make sure the backend ``name`` (as :func:`resolve` returns it) can be used: an
+    engine that is available, or a library that loads; OSError(EINVAL) otherwise."""
+    if name in _engine.NAMES:
+        _engine.channel_class(name)
+    else:
+        load_library(name)
 
 
 def _library_spec(name: str) -> str:
@@ -373,8 +391,8 @@ class _CPending:
         self._ep.close()
 
 
-class _PyPending:
-    def __init__(self, channel: _core.Channel) -> None:
+class _EnginePending:
+    def __init__(self, channel: EngineChannel) -> None:
         self._ch = channel
 
     def fileno(self) -> int:
@@ -394,7 +412,7 @@ def _no_uid_override(name: str, allow_any_uid: bool | None) -> None:
     if allow_any_uid is not None:
         raise OSError(
             errno.EINVAL,
-            f"allow_any_uid= is only supported by the python backend; with "
+            f"allow_any_uid= is only supported by the engines (speedups, python); with "
             f"{name!r} set {_config.ALLOW_ANY_UID_ENV}=1 in the environment",
         )
 
@@ -413,11 +431,12 @@ def start_server(
 ) -> tuple[Endpoint, int | None, int | None]:
     """Listen (returns at once, WAITING): ``(endpoint, read_ring, write_ring)``.
 
-    Ring sizes are known for the python backend only (``None`` otherwise).
+    Ring sizes are known for the engines only (``None`` for a C library).
     """
     name = resolve(backend)
-    if name == PYTHON:
-        ch = _core.Channel.server(domain, port, read_min, write_min, allow_any_uid)
+    if name in _engine.NAMES:
+        cls = _engine.channel_class(name)
+        ch = cls.server(domain, port, read_min, write_min, allow_any_uid)
         return ch, ch.read_ring, ch.write_ring
     _no_uid_override(name, allow_any_uid)
     lib = load_library(name)
@@ -433,8 +452,9 @@ def start_client(
 ) -> PendingClient:
     """Begin connecting to the server in ``domain`` on ``port`` without blocking."""
     name = resolve(backend)
-    if name == PYTHON:
-        return _PyPending(_core.Channel.client_start(domain, port, allow_any_uid))
+    if name in _engine.NAMES:
+        cls = _engine.channel_class(name)
+        return _EnginePending(cls.client_start(domain, port, allow_any_uid))
     _no_uid_override(name, allow_any_uid)
     lib = load_library(name)
     ret = lib.libvchan_client_init_async(domain, port)

@@ -97,3 +97,21 @@ def server_rings(read_min: object, write_min: object) -> tuple[int, int]:
     elif write_min <= 2048:
         write_ring = 2048
     return read_ring, write_ring
+
+
+def server_path(domain: object, port: object, read_min: object, write_min: object) -> str:
+    """Check a server's arguments as every engine does (OSError EINVAL or ENAMETOOLONG
+    naming the problem) and return its socket path (the compiled engine's pre-flight)."""
+    check_domain(domain)
+    check_port(port)
+    server_rings(read_min, write_min)
+    assert isinstance(domain, int) and isinstance(port, int)
+    return socket_path(local_domain(), domain, port)
+
+
+def client_path(domain: object, port: object) -> str:
+    """Check a client's arguments and return the path of the server's socket."""
+    check_domain(domain)
+    check_port(port)
+    assert isinstance(domain, int) and isinstance(port, int)
+    return socket_path(domain, local_domain(), port)

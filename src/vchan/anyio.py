@@ -42,7 +42,7 @@ import anyio.abc
 import anyio.lowlevel
 from anyio import TypedAttributeSet, typed_attribute
 
-from vchan import _backend, _config, _core
+from vchan import _backend, _config, _engine
 from vchan.channel import State, Vchan
 from vchan.channel import server as _server
 from vchan.exceptions import Disconnected, from_oserror
@@ -357,7 +357,7 @@ async def _connected_client(
         pending.close()  # cancelled (or timed out): abandon the attempt
         raise
     endpoint = pending.endpoint()
-    ring = _config.CLIENT_RING if isinstance(endpoint, _core.Channel) else None
+    ring = _config.CLIENT_RING if _engine.is_channel(endpoint) else None
     return Vchan(endpoint, read_ring=ring, write_ring=ring)
 
 

@@ -33,7 +33,7 @@ import errno as _errno
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from vchan import _backend, _config, _core
+from vchan import _backend, _config, _core, _engine
 from vchan.channel import State, Vchan
 from vchan.channel import server as _server
 from vchan.exceptions import Disconnected, from_oserror
@@ -627,7 +627,7 @@ async def _connected_client(
         pending.close()  # cancelled (or timed out): abandon the attempt
         raise
     endpoint = pending.endpoint()
-    ring = _config.CLIENT_RING if isinstance(endpoint, _core.Channel) else None
+    ring = _config.CLIENT_RING if _engine.is_channel(endpoint) else None
     return Vchan(endpoint, read_ring=ring, write_ring=ring)
 
 

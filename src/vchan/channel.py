@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from types import TracebackType
 
-from . import _backend, _config, _core
+from . import _backend, _config, _core, _engine
 from ._backend import Endpoint
 from .exceptions import from_oserror
 
@@ -35,7 +35,8 @@ class Vchan:
                  write_ring: int | None = None) -> None:
         self._ep: Endpoint | None = endpoint
         self._blocking = True
-        #: Size of the read ring, when the backend knows it (the pure-Python one does).
+        #: Size of the read ring, when the backend knows it (the engines do, a C library
+        #: does not).
         self.read_ring = read_ring
         #: Size of the write ring, when the backend knows it.
         self.write_ring = write_ring
@@ -251,8 +252,9 @@ def server(domain: int, port: int, read_min: int = 65536, write_min: int = 65536
            allow_any_uid: bool | None = None, backend: str | None = None) -> Vchan:
     """Listen for the client in ``domain`` on ``port``; returns at once, in WAITING state.
 
-    ``backend``: ``"python"`` (default), or a libvchan shared library (path, library name,
-    or ``NAME`` for ``libvchan-NAME.so``); ``None`` means ``$VCHAN_BACKEND`` or python.
+    ``backend``: an engine, ``"speedups"`` (compiled) or ``"python"`` (pure Python), or a
+    libvchan shared library (path, library name, or ``NAME`` for ``libvchan-NAME.so``);
+    ``None`` means ``$VCHAN_BACKEND``, else :data:`vchan.ENGINE`.
     """
     try:
         endpoint, read_ring, write_ring = _backend.start_server(
@@ -275,5 +277,5 @@ def client(domain: int, port: int, timeout: float | None = None, *,
         endpoint = _backend.wait_client(pending, timeout)
     except OSError as exc:
         raise from_oserror(exc) from None
-    rings = _config.CLIENT_RING if isinstance(endpoint, _core.Channel) else None
+    rings = _config.CLIENT_RING if _engine.is_channel(endpoint) else None
     return Vchan(endpoint, read_ring=rings, write_ring=rings)

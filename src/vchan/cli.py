@@ -126,8 +126,9 @@ def _add_backend(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--backend",
         metavar="NAME",
-        help="'python' (default), or a libvchan shared library: a path, a library "
-        "name, or NAME for libvchan-NAME.so (default: $VCHAN_BACKEND)",
+        help="an engine ('speedups', 'python') or a libvchan shared library: a path, a "
+        "library name, or NAME for libvchan-NAME.so (default: $VCHAN_BACKEND, else the engine "
+        "of vchan --version)",
     )
 
 
@@ -176,9 +177,10 @@ class _VersionAction(argparse.Action):
         values: object,
         option_string: str | None = None,
     ) -> None:
+        from ._engine import ENGINE
         from ._version import version
 
-        print(f"{PROG} {version()}")
+        print(f"{PROG} {version()} ({ENGINE} engine)")
         parser.exit()
 
 
@@ -189,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
         "channels, run the demo.",
         epilog="environment: VCHAN_SOCKET_DIR (socket directory, default /var/run/vchan), "
         "VCHAN_DOMAIN (this side's domain, default 0), VCHAN_BACKEND, "
+        "VCHAN_PURE_PYTHON=1 (the pure-Python engine), "
         "VCHAN_ALLOW_ANY_UID=1 (accept peers of any uid).",
     )
     parser.add_argument("--version", action=_VersionAction)

@@ -127,8 +127,7 @@ def run(
 ) -> int:
     total = total_mib << 20
     name = _backend.resolve(backend)
-    if name != _backend.PYTHON:
-        _backend.load_library(name)
+    _backend.check(name)
     with tempfile.TemporaryDirectory(prefix="vc", dir="/tmp") as sockdir:
         saved = {
             k: os.environ.get(k) for k in ("VCHAN_SOCKET_DIR", "VCHAN_DOMAIN", _backend.BACKEND_ENV)

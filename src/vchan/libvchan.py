@@ -1,26 +1,36 @@
-"""The libvchan C API, function for function, in pure Python.
+"""The libvchan C API, function for function, in Python.
 
 For people porting C code, and the one surface the conformance suite tests (a C library
 loaded with :mod:`vchan._cffi` exposes the same names). Handles are opaque objects; failures
 return ``None`` or ``-1`` and leave the reason in :func:`last_errno`, like C's ``errno``.
+
+Channels are made by the engine of this process, :data:`vchan.ENGINE` (the compiled
+``"speedups"`` when it was built, else the pure-Python ``"python"``, see
+:mod:`vchan._engine`); :func:`for_engine` gives the same API over a chosen engine.
 """
 
 from __future__ import annotations
 
 import errno
+import sys
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._core import CONNECTED, DISCONNECTED, WAITING, Channel
+from . import _engine
+from ._core import CONNECTED, DISCONNECTED, WAITING
+
+if TYPE_CHECKING:
+    from . import _core, _speedups
+    from ._engine import EngineChannel as Channel
 
 __all__ = [
-    "VCHAN_CONNECTED", "VCHAN_DISCONNECTED", "VCHAN_WAITING", "last_errno",
-    "libvchan_buffer_space", "libvchan_client_init", "libvchan_client_init_async",
-    "libvchan_client_init_async_finish", "libvchan_close", "libvchan_data_ready",
-    "libvchan_fd_for_select", "libvchan_is_open", "libvchan_read", "libvchan_recv",
-    "libvchan_send", "libvchan_server_init", "libvchan_set_blocking", "libvchan_wait",
-    "libvchan_write",
+    "VCHAN_CONNECTED", "VCHAN_DISCONNECTED", "VCHAN_WAITING", "API", "for_engine",
+    "last_errno", "libvchan_buffer_space", "libvchan_client_init",
+    "libvchan_client_init_async", "libvchan_client_init_async_finish", "libvchan_close",
+    "libvchan_data_ready", "libvchan_fd_for_select", "libvchan_is_open", "libvchan_read",
+    "libvchan_recv", "libvchan_send", "libvchan_server_init", "libvchan_set_blocking",
+    "libvchan_wait", "libvchan_write",
 ]
 
 #: :func:`libvchan_is_open`: the peer closed or died (final).
@@ -54,7 +64,7 @@ def _guard(failure: T, call: Callable[[], T]) -> T:
 
 
 def _handle(h: object) -> Channel:
-    if not isinstance(h, Channel):
+    if not _engine.is_channel(h):
         raise OSError(errno.EINVAL, "not a libvchan handle")
     return h
 
@@ -85,21 +95,37 @@ def libvchan_server_init(domain: int, port: int, read_min: int, write_min: int) 
     """Listen for the client in ``domain`` on ``port``; returns at once, state
     ``VCHAN_WAITING``. Rings per Xen's rules from ``read_min``/``write_min``. ``None`` on
     failure (EINVAL, ENAMETOOLONG, ENOENT, EEXIST, EADDRINUSE, ...)."""
-    return _guard(None, lambda: Channel.server(domain, port, read_min, write_min))
+    return _server_init(_engine.Channel, domain, port, read_min, write_min)
 
 
 def libvchan_client_init(domain: int, port: int) -> Channel | None:
     """Connect to the server of ``domain`` on ``port``, waiting for it to appear
     (rings 65536/65536). ``None`` on failure (EINVAL, ENAMETOOLONG, ENOENT, EACCES, ...)."""
-    return _guard(None, lambda: Channel.client(domain, port))
+    return _client_init(_engine.Channel, domain, port)
 
 
 def libvchan_client_init_async(domain: int, port: int) -> tuple[Channel, int] | None:
     """Start connecting without blocking: ``(handle, watch_fd)``, or
     ``None``. Poll ``watch_fd`` for readability, then call
     :func:`libvchan_client_init_async_finish` (C returns the fd through a pointer)."""
+    return _client_init_async(_engine.Channel, domain, port)
+
+
+_Class = type["_core.Channel"] | type["_speedups.Channel"]  # vchan._engine.channel_class
+
+
+def _server_init(cls: _Class, domain: int, port: int, read_min: int,
+                 write_min: int) -> Channel | None:
+    return _guard(None, lambda: cls.server(domain, port, read_min, write_min))
+
+
+def _client_init(cls: _Class, domain: int, port: int) -> Channel | None:
+    return _guard(None, lambda: cls.client(domain, port))
+
+
+def _client_init_async(cls: _Class, domain: int, port: int) -> tuple[Channel, int] | None:
     def start() -> tuple[Channel, int]:
-        ch = Channel.client_start(domain, port)
+        ch = cls.client_start(domain, port)
         return ch, ch.fileno()
 
     return _guard(None, start)
@@ -148,7 +174,7 @@ def libvchan_wait(handle: Channel) -> int:
 def libvchan_close(handle: Channel) -> None:
     """Close the channel; bytes already accepted still reach a peer that keeps
     reading. Never blocks for long."""
-    if isinstance(handle, Channel):
+    if _engine.is_channel(handle):
         handle.close()
 
 
@@ -180,3 +206,38 @@ def libvchan_set_blocking(handle: Channel, blocking: bool) -> None:
     """Blocking (``True``, the default) or non-blocking mode for read, recv,
     write and send."""
     _guard(None, lambda: _handle(handle).set_blocking(bool(blocking)))
+
+
+class API:
+    """This module's API with channels made by one engine (see :func:`for_engine`).
+
+    The init functions use the engine; every other name is this module's (the functions
+    that take a handle work with a channel of any engine).
+    """
+
+    def __init__(self, engine: str) -> None:
+        #: The engine's name: "speedups" or "python".
+        self.engine = engine
+        self._cls = _engine.channel_class(engine)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(sys.modules[__name__], name)
+
+    def __repr__(self) -> str:
+        return f"<vchan.libvchan API over the {self.engine} engine>"
+
+    def libvchan_server_init(self, domain: int, port: int, read_min: int,
+                             write_min: int) -> Channel | None:
+        return _server_init(self._cls, domain, port, read_min, write_min)
+
+    def libvchan_client_init(self, domain: int, port: int) -> Channel | None:
+        return _client_init(self._cls, domain, port)
+
+    def libvchan_client_init_async(self, domain: int, port: int) -> tuple[Channel, int] | None:
+        return _client_init_async(self._cls, domain, port)
+
+
+def for_engine(engine: str) -> API:
+    """This API over the engine ``engine`` ("speedups" or "python"), whatever
+    :data:`vchan.ENGINE` is; OSError(EINVAL) if that engine is not available."""
+    return API(engine)

@@ -127,7 +127,7 @@ def rpms(pkgout: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def pydist(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`make dist`: the directory with the sdist and the wheel."""
+    """`make dist`: the directory with the sdist and the wheels."""
     out = tmp_path_factory.mktemp("dist")
     make("dist", f"DISTDIR={out}")
     return out

@@ -2,8 +2,9 @@
 
     python -m tests.reliability.peer IMPL ROLE ACTION [key=value ...]
 
-IMPL is ``python`` (vchan.libvchan), ``plain`` (a bare AF_UNIX socket, no library) or the
-path of a libvchan shared library (loaded with vchan._cffi). ROLE is ``server`` or
+IMPL is ``python`` or ``speedups`` (vchan.libvchan over that engine), ``plain`` (a bare
+AF_UNIX socket, no library) or the path of a libvchan shared library (loaded with
+vchan._cffi). ROLE is ``server`` or
 ``client``. ACTION:
 
 * ``send``: write stream ``seed`` (see _stream.py) in chunks of 1..``chunk`` bytes, up to
@@ -161,8 +162,13 @@ def main(argv: list[str]) -> None:
         except OSError as exc:
             fail(f"{role} {path}", exc.errno or 0)
     else:
-        if impl == "python":
-            import vchan.libvchan as api
+        if impl in ("python", "speedups"):
+            from tests import _speedups
+
+            _speedups.preload()  # VCHAN_TEST_SPEEDUPS: the same build as the test's
+            from vchan import libvchan
+
+            api = libvchan.for_engine(impl)
         else:
             from vchan import _cffi
 

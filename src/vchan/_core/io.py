@@ -69,6 +69,7 @@ class IO(_Channel):
             return n
         sock = self._sock
         if sock is None:
+            self._check_open()  # closed (EBADF, as every call), else
             raise self._gone()  # a client whose connection attempt failed
         if self._blocking:
             calls = self._calls  # _enter() and _leave(), inlined
@@ -117,6 +118,7 @@ class IO(_Channel):
                 self._wait_connected()
         sock = self._sock
         if sock is None:
+            self._check_open()  # closed (EBADF, as every call), else
             raise self._gone()  # a client whose connection attempt failed
         stash = self._stash
         if not stash and size <= self.read_ring:
