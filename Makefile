@@ -30,13 +30,30 @@ lint: $(VENV)/.installed
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy
 
-# Python line coverage of src/vchan, measured in this same run (its threads included; the
-# processes the tests start, such as the vchan command, are not measured): a table per file,
-# then the total. COV= runs without it.
-COV ?= --cov=vchan --cov-report=term
+# The suite in two passes: everything but the tests marked `serial` on PYTEST_JOBS workers
+# (pytest-xdist; the suite mostly waits on sockets and children, so twice the CPUs), then
+# the `serial` ones (CPU shares, timings, leak counts, signal storms) alone, on a machine
+# the first pass no longer loads. Both passes always run; the exit status is the first
+# failure's. PYTEST_JOBS=0: the first pass in one process too. PYTEST_ARGS: more arguments.
+PYTEST_JOBS ?= $(shell echo $$((2 * $$(nproc 2>/dev/null || echo 1))))
+PYTEST_ARGS ?=
+define two_passes
+	status=0; \
+	$(1) -q -n $(PYTEST_JOBS) -m "not serial" $(2) $(PYTEST_ARGS) || status=$$?; \
+	$(1) -q -m serial $(3) $(PYTEST_ARGS) || status=$$?; \
+	exit $$status
+endef
+
+# Python line coverage of src/vchan, measured across both passes (the second appends; their
+# threads included; the processes the tests start, such as the vchan command, are not
+# measured): a table per file, then the total. COV= runs without it.
+COV ?= --cov=vchan --cov-report=
+# The ASan build first: tests in several workers use it, and must not all build it at once.
 pytest: $(VENV)/.installed lib
-	$(VPY) -m pytest -q $(COV)
-	@if [ -n '$(COV)' ]; then echo "Python line coverage: $$($(VPY) -m coverage report --format=total)%"; fi
+	$(MAKE) -C libvchan-socket sanitize
+	$(call two_passes,$(VPY) -m pytest,$(COV),$(COV) $(if $(COV),--cov-append))
+	@if [ -n '$(COV)' ]; then $(VPY) -m coverage report; \
+		echo "Python line coverage: $$($(VPY) -m coverage report --format=total)%"; fi
 
 # C line coverage (gcov): libvchan-socket built with --coverage into
 # libvchan-socket/build-cov, the conformance suite run against it (VCHAN_TEST_IMPLS=lib),
@@ -57,8 +74,8 @@ test: lint typecheck docs pytest test-sanitize coverage
 # extension, and the extension's own code).
 test-sanitize: $(VENV)/.installed
 	$(MAKE) -C libvchan-socket sanitize
-	PYTHON=$(abspath $(VPY)) ./libvchan-socket/run-sanitized-tests.sh
-	PYTHON=$(abspath $(VPY)) ./speedups/run-sanitized-tests.sh
+	$(call two_passes,PYTHON=$(abspath $(VPY)) ./libvchan-socket/run-sanitized-tests.sh)
+	$(call two_passes,PYTHON=$(abspath $(VPY)) ./speedups/run-sanitized-tests.sh)
 
 install:
 	$(MAKE) -C libvchan-socket install

@@ -11,6 +11,7 @@ then runs on its pure-Python engine. ``VCHAN_NO_SPEEDUPS=1`` skips it on purpose
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 from setuptools import Extension, setup
@@ -22,7 +23,18 @@ except ImportError:  # setuptools < 70.1 (pyproject.toml asks for more; setup.py
     bdist_wheel = None
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-LIB_SOURCES = ["util.c", "init.c", "io.c", "notify.c", "pusher.c"]
+
+
+def _lib_sources() -> list[str]:
+    """The C library's sources: its Makefile's SRCS, the one list of them."""
+    with open(os.path.join(HERE, "libvchan-socket", "Makefile")) as f:
+        found = re.search(r"^SRCS\s*:?=\s*(.+)$", f.read(), re.M)
+    if found is None:
+        raise RuntimeError("libvchan-socket/Makefile has no SRCS line")
+    return found.group(1).split()
+
+
+LIB_SOURCES = _lib_sources()
 
 speedups = Extension(
     "vchan._speedups",

@@ -1,5 +1,6 @@
 /*
  * init.c - channel set-up: validation, paths, server listen/accept, client connect.
+ * (The handle itself is allocated, closed and freed in handle.c.)
  *
  * SPDX-License-Identifier: MIT
  * Copyright (c) 2026 The vchan developers
@@ -21,51 +22,6 @@
 #include <unistd.h>
 
 #include "internal.h"
-
-#define INOTIFY_MASK (IN_CREATE | IN_MOVED_TO | IN_DELETE | IN_MOVED_FROM | IN_ATTRIB)
-
-/* allow_any_uid: 0 or 1, or -1 for $VCHAN_ALLOW_ANY_UID. */
-static struct libvchan *vchan__alloc(int allow_any_uid)
-{
-	struct libvchan *c = calloc(1, sizeof(*c));
-
-	if (!c) {
-		errno = ENOMEM;
-		return NULL;
-	}
-	c->pid = getpid();
-	c->epfd = c->sock = c->listen_fd = c->ino_fd = c->ino_wd = c->tfd = -1;
-	c->refs = 1;
-	c->blocking = 1;
-	c->state = VCHAN_WAITING;
-	c->allow_any_uid = allow_any_uid < 0 ? vchan__env_allow_any_uid() : allow_any_uid != 0;
-	pthread_mutex_init(&c->slock, NULL);
-	pthread_mutex_init(&c->wlock, NULL);
-	pthread_mutex_init(&c->rlock, NULL);
-	pthread_mutex_init(&c->nlock, NULL);
-	c->epfd = epoll_create1(EPOLL_CLOEXEC);
-	if (c->epfd < 0) {
-		int saved = errno;
-
-		pthread_mutex_destroy(&c->slock);
-		pthread_mutex_destroy(&c->wlock);
-		pthread_mutex_destroy(&c->rlock);
-		pthread_mutex_destroy(&c->nlock);
-		free(c);
-		errno = saved;
-		return NULL;
-	}
-	return c;
-}
-
-/* Free a handle that never left init (no other thread can know it). errno kept. */
-static void vchan__abort(struct libvchan *c)
-{
-	int saved = errno;
-
-	libvchan_close(c);
-	errno = saved;
-}
 
 static int vchan__epoll_add(int epfd, int fd, uint32_t events)
 {
@@ -192,8 +148,8 @@ static int vchan__lock_dir(const char *path)
 	 * shares it until it exits or execs: never wait for it longer than 100 ms, then go
 	 * on without it (the inode checks still narrow the race to microseconds).
 	 */
-	for (int tries = 0; tries < 100; tries++) {
-		struct timespec ms = { 0, 1000000 };
+	for (int tries = 0; tries < VCHAN__DIRLOCK_TRIES; tries++) {
+		struct timespec ms = { 0, VCHAN__DIRLOCK_WAIT_MS * 1000000L };
 
 		r = flock(fd, LOCK_EX | LOCK_NB);
 		if (r == 0 || (errno != EWOULDBLOCK && errno != EINTR))
@@ -229,7 +185,7 @@ fail:
 }
 
 /* Remove our socket file if the path still names the socket we bound (slock held). */
-static void vchan__unlink_if_ours(struct libvchan *c)
+void vchan__unlink_if_ours(struct libvchan *c)
 {
 	struct stat st;
 	int saved = errno;
@@ -451,7 +407,8 @@ fail:
 
 /* ------------------------------------------------------------------------ client */
 
-static void vchan__arm_timer(int tfd, long ns)
+/* Arm the one-shot back-off timer for ns nanoseconds (none yet, tfd < 0: nothing). */
+void vchan__arm_timer(int tfd, long ns)
 {
 	struct itimerspec its = { .it_value = { .tv_sec = ns / 1000000000L,
 						 .tv_nsec = ns % 1000000000L } };
@@ -667,7 +624,7 @@ libvchan_t *vchan__client_start(int domain, int port, EVTCHN *watch_fd, bool wat
 		goto fail;
 	c->ino_fd = inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
 	if (c->ino_fd >= 0) {
-		c->ino_wd = inotify_add_watch(c->ino_fd, dir, INOTIFY_MASK);
+		c->ino_wd = inotify_add_watch(c->ino_fd, dir, VCHAN__INOTIFY_MASK);
 		if (c->ino_wd < 0) {
 			if (errno == ENOENT || errno == ENOTDIR)
 				goto fail;
@@ -727,21 +684,4 @@ VCHAN_API libvchan_t *libvchan_client_init(int domain, int port)
 		return NULL;
 	}
 	return c;
-}
-
-/*
- * The owner's part of close() (slock): stop advertising and wake every thread blocked
- * on one of our descriptors; they see `closed` and return EBADF. The connection is only
- * shut down for reading, so a pusher can still deliver accepted bytes.
- */
-void vchan__close_wake(struct libvchan *c)
-{
-	vchan__lock(&c->slock);
-	if (c->listen_fd >= 0 && !c->listen_retired)
-		(void)shutdown(c->listen_fd, SHUT_RDWR);
-	vchan__unlink_if_ours(c);
-	vchan__arm_timer(c->tfd, 1);
-	if (c->sock >= 0)
-		(void)shutdown(c->sock, SHUT_RD);
-	vchan__unlock(&c->slock);
 }

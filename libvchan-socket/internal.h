@@ -17,9 +17,9 @@
  * `state`, `closed` and `blocking` are atomics; `sock` and `w` are written once, before
  * `state` leaves WAITING (release store), and read after an acquire load of `state`.
  *
- * Lifetime. `refs` counts the owner (until libvchan_close), every API call in progress
- * and the pusher thread; whoever drops the last reference closes the descriptors and
- * frees the memory, so a close() from another thread never frees memory in use and no
+ * Lifetime (handle.c). `refs` counts the owner (until libvchan_close), every API call in
+ * progress and the pusher thread; whoever drops the last reference closes the descriptors
+ * and frees the memory, so a close() from another thread never frees memory in use and no
  * descriptor number is reused while a call may still use it.
  */
 #ifndef VCHAN_SOCKET_INTERNAL_H
@@ -30,6 +30,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <sys/epoll.h>
+#include <sys/inotify.h>
 #include <sys/types.h>
 
 #include "libvchan.h"
@@ -40,7 +41,12 @@
 #define VCHAN_API __attribute__((visibility("default")))
 #endif
 
-/* Xen's DOMID_FIRST_RESERVED. */
+/*
+ * Constants. Each is written here only; the pure-Python engine has each under the same
+ * name without the prefix (vchan._config or vchan._core.internal), and tests/test_mirror.py
+ * checks that the two agree: a change here must be made there too.
+ */
+/* Xen's DOMID_FIRST_RESERVED: domains are 0 <= d < VCHAN__DOMAIN_LIMIT. */
 #define VCHAN__DOMAIN_LIMIT 32752
 /* Ring minimums above this make server init fail, as on Xen. */
 #define VCHAN__RING_MIN_LIMIT ((size_t)1 << 20)
@@ -48,12 +54,34 @@
 #define VCHAN__CLIENT_RING 65536
 /* sizeof(sun_path) - 1. */
 #define VCHAN__PATH_MAX 107
-/* Client retry back-off for a refused connect (ms). */
+/* Where the sockets are when $VCHAN_SOCKET_DIR is unset or empty. */
+#define VCHAN__SOCKET_DIR "/var/run/vchan"
+/*
+ * Upper bound of the truesize one write of n bytes costs (DESIGN.md "tsz"):
+ * n + TSZ_BASE + TSZ_STEP * (n >> TSZ_SHIFT). fit() inverts it, which needs
+ * TSZ_STEP << FIT_SHIFT == 1 << TSZ_SHIFT.
+ */
+#define VCHAN__TSZ_BASE 2560
+#define VCHAN__TSZ_STEP 1024
+#define VCHAN__TSZ_SHIFT 15
+#define VCHAN__FIT_SHIFT 5
+/* SO_SNDBUF is raised so that W = S/4 >= W_RINGS * write_ring + W_EXTRA (DESIGN.md). */
+#define VCHAN__W_RINGS 4
+#define VCHAN__W_EXTRA 65536
+/* Server set-up's directory lock: LOCK_NB tried DIRLOCK_TRIES times, DIRLOCK_WAIT_MS apart. */
+#define VCHAN__DIRLOCK_TRIES 100
+#define VCHAN__DIRLOCK_WAIT_MS 1
+/* What a connecting client watches its socket directory for. */
+#define VCHAN__INOTIFY_MASK (IN_CREATE | IN_MOVED_TO | IN_DELETE | IN_MOVED_FROM | IN_ATTRIB)
+/* Client retry back-off for a refused connect (ms); without inotify, at most NOINOTIFY. */
 #define VCHAN__BACKOFF_FIRST_MS 1
 #define VCHAN__BACKOFF_MAX_MS 100
 #define VCHAN__BACKOFF_NOINOTIFY_MS 10
-/* wait() moves at most this many queued bytes into the stash (DESIGN.md, prefetch). */
+/* wait() moves at most this many queued bytes into the stash (DESIGN.md, prefetch; C only). */
 #define VCHAN__PREFETCH_MAX 4096
+
+_Static_assert(VCHAN__TSZ_STEP << VCHAN__FIT_SHIFT == 1 << VCHAN__TSZ_SHIFT,
+	       "fit() must invert tsz()");
 
 struct libvchan {
 	/* ---- immutable after init ---- */
@@ -146,12 +174,19 @@ int vchan__poll1(int fd, short events, int timeout_ms);
 int vchan__poll1_locked(int fd, short events, int timeout_ms);
 int vchan__poll_now(int fd, short events);
 ssize_t vchan__send(int fd, const void *buf, size_t len);
-ssize_t vchan__recv(int fd, void *buf, size_t len);
 ssize_t vchan__recv_flags(int fd, void *buf, size_t len, int flags);
 int vchan__ioctl_int(int fd, unsigned long req);
 void vchan__close_fd(int fd);
 void vchan__lock(pthread_mutex_t *m);
 void vchan__unlock(pthread_mutex_t *m);
+
+/* ---- handle.c ---- */
+struct libvchan *vchan__alloc(int allow_any_uid);
+void vchan__abort(struct libvchan *c);
+int vchan__enter(struct libvchan *c);
+void vchan__leave(struct libvchan *c);
+void vchan__ref(struct libvchan *c);
+void vchan__unref(struct libvchan *c);
 
 /* ---- init.c ---- */
 /* The init functions with VCHAN_ALLOW_ANY_UID given (0 or 1) instead of read from the
@@ -165,16 +200,13 @@ libvchan_t *vchan__client_start(int domain, int port, EVTCHN *watch_fd, bool wat
 void vchan__try_accept(struct libvchan *c, bool in_wait);
 int vchan__wait_listener(struct libvchan *c);
 int vchan__finish(struct libvchan *c, bool blocking);
-void vchan__close_wake(struct libvchan *c);
+void vchan__unlink_if_ours(struct libvchan *c);
+void vchan__arm_timer(int tfd, long ns);
 
 /* ---- notify.c ---- */
 #define VCHAN__EPOLL_SOCK (EPOLLIN | EPOLLRDHUP | EPOLLET)
 void vchan__latch(struct libvchan *c);
 void vchan__arm(struct libvchan *c);
-int vchan__enter(struct libvchan *c);
-void vchan__leave(struct libvchan *c);
-void vchan__ref(struct libvchan *c);
-void vchan__unref(struct libvchan *c);
 void vchan__set_disconnected(struct libvchan *c);
 int vchan__settle(struct libvchan *c);
 int vchan__wait_connected(struct libvchan *c);

@@ -4,13 +4,9 @@
  * SPDX-License-Identifier: MIT
  * Copyright (c) 2026 The vchan developers
  *
- * The common path of every call is one send() or recv() system call (DESIGN.md).
- *
- * The connection is a *blocking* socket: every call that must not wait passes
- * MSG_DONTWAIT, so a blocking read() or recv() that has to wait sleeps inside one recv()
- * (MSG_WAITALL for recv) instead of recv + poll + recv. close() from another thread wakes
- * it with shutdown(SHUT_RD). Writes never block in the kernel: a blocking write waits with
- * poll(), which close() also wakes.
+ * See docs/DESIGN.md ("Writes", "Reads") for the algorithm; the comments here name its
+ * terms. In short: the common path of every call is one send() or recv(); the connection
+ * is a blocking socket that every call which must not wait uses with MSG_DONTWAIT.
  */
 #include <errno.h>
 #include <linux/sockios.h>

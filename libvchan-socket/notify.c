@@ -1,5 +1,5 @@
 /*
- * notify.c - handle lifetime, states, notification: wait, is_open, close.
+ * notify.c - states and notification: wait, is_open, set_blocking, fd_for_select.
  *
  * SPDX-License-Identifier: MIT
  * Copyright (c) 2026 The vchan developers
@@ -13,57 +13,6 @@
 #include <unistd.h>
 
 #include "internal.h"
-
-/* Close every descriptor and free the memory (nobody else can reach the handle). */
-static void vchan__free(struct libvchan *c, bool destroy_locks)
-{
-	vchan__close_fd(c->sock);
-	vchan__close_fd(c->listen_fd);
-	vchan__close_fd(c->ino_fd);
-	vchan__close_fd(c->tfd);
-	vchan__close_fd(c->epfd);
-	free(c->ovf);
-	free(c->stash);
-	if (destroy_locks) {
-		pthread_mutex_destroy(&c->slock);
-		pthread_mutex_destroy(&c->wlock);
-		pthread_mutex_destroy(&c->rlock);
-		pthread_mutex_destroy(&c->nlock);
-	}
-	free(c);
-}
-
-void vchan__ref(struct libvchan *c)
-{
-	__atomic_add_fetch(&c->refs, 1, __ATOMIC_RELAXED);
-}
-
-void vchan__unref(struct libvchan *c)
-{
-	if (__atomic_sub_fetch(&c->refs, 1, __ATOMIC_ACQ_REL) == 0) {
-		int saved = errno;
-
-		vchan__free(c, true);
-		errno = saved;
-	}
-}
-
-/* Every API call that can block or use a descriptor runs between enter and leave. */
-int vchan__enter(struct libvchan *c)
-{
-	vchan__ref(c);
-	if (vchan__load(&c->closed)) {
-		vchan__unref(c);
-		errno = EBADF;
-		return -1;
-	}
-	return 0;
-}
-
-void vchan__leave(struct libvchan *c)
-{
-	vchan__unref(c);
-}
 
 /* CONNECTED -> DISCONNECTED (final). */
 void vchan__set_disconnected(struct libvchan *c)
@@ -333,42 +282,4 @@ VCHAN_API int libvchan_is_open(libvchan_t *c)
 VCHAN_API void libvchan_set_blocking(libvchan_t *c, bool blocking)
 {
 	vchan__store(&c->blocking, blocking ? 1 : 0);
-}
-
-VCHAN_API void libvchan_close(libvchan_t *c)
-{
-	int saved = errno;
-
-	if (!c)
-		return;
-	if (getpid() != c->pid) {
-		/*
-		 * Inherited through fork(): the parent owns the channel. Close our copies of
-		 * the descriptors and free our copy of the memory; no shutdown, no unlink. The
-		 * locks may have been held by a parent thread at fork time: leave them alone.
-		 */
-		vchan__free(c, false);
-		errno = saved;
-		return;
-	}
-	/*
-	 * A client already in a waiting server's backlog has connected, as far as it knows:
-	 * take it, so that the bytes written before close() reach it like on any channel.
-	 */
-	vchan__settle(c);
-	if (__atomic_exchange_n(&c->closed, 1, __ATOMIC_ACQ_REL)) {
-		errno = saved;
-		return; /* double close: the caller's bug, but do no harm */
-	}
-	vchan__close_wake(c);
-	/*
-	 * Notification no longer matters, so the kernel may take the overflow beyond W (it
-	 * has room up to 4 W): usually no pusher has to outlive close().
-	 */
-	vchan__lock(&c->wlock);
-	if (c->ovf_len && vchan__load(&c->state) == VCHAN_CONNECTED)
-		(void)vchan__flush_overflow(c, false, NULL);
-	vchan__unlock(&c->wlock);
-	vchan__unref(c);
-	errno = saved;
 }

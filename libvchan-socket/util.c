@@ -21,19 +21,19 @@
  */
 size_t vchan__tsz(size_t n)
 {
-	return n + 2560 + 1024 * (n >> 15);
+	return n + VCHAN__TSZ_BASE + VCHAN__TSZ_STEP * (n >> VCHAN__TSZ_SHIFT);
 }
 
 /* The largest payload n with tsz(n) <= room (DESIGN.md: "fit"). */
 size_t vchan__fit(size_t room)
 {
-	if (room <= 2560)
+	if (room <= VCHAN__TSZ_BASE)
 		return 0;
-	room -= 2560;
-	return room - (room >> 5);
+	room -= VCHAN__TSZ_BASE;
+	return room - (room >> VCHAN__FIT_SHIFT);
 }
 
-/* $VCHAN_DOMAIN, strictly decimal, 0 <= d < 32752; default 0. -1/EINVAL if invalid. */
+/* $VCHAN_DOMAIN, strictly decimal, 0 <= d < VCHAN__DOMAIN_LIMIT; default 0. -1/EINVAL if invalid. */
 int vchan__local_domain(int *out)
 {
 	const char *s = getenv("VCHAN_DOMAIN");
@@ -67,7 +67,7 @@ int vchan__make_path(char *buf, int server_domain, int client_domain, int port)
 	int n;
 
 	if (!dir || !*dir)
-		dir = "/var/run/vchan";
+		dir = VCHAN__SOCKET_DIR;
 	n = snprintf(tmp, sizeof(tmp), "%s/vchan.%d.%d.%d.sock", dir, server_domain,
 		     client_domain, port);
 	if (n < 0 || (size_t)n >= sizeof(tmp) || n > VCHAN__PATH_MAX) {
@@ -99,12 +99,12 @@ bool vchan__peer_trusted(int fd, bool allow_any_uid)
 }
 
 /*
- * Raise SO_SNDBUF so that W = S/4 >= 4 * write_ring + 65536 when the system allows it;
+ * Raise SO_SNDBUF so that W = S/4 >= W_RINGS * write_ring + W_EXTRA when the system allows it;
  * return the real W.
  */
 size_t vchan__setup_sndbuf(int fd, size_t write_ring)
 {
-	size_t want = 4 * write_ring + 65536;
+	size_t want = VCHAN__W_RINGS * write_ring + VCHAN__W_EXTRA;
 	int cur = 0;
 	socklen_t len = sizeof(cur);
 
@@ -177,11 +177,6 @@ ssize_t vchan__send(int fd, const void *buf, size_t len)
 		r = send(fd, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL);
 	while (r < 0 && errno == EINTR);
 	return r;
-}
-
-ssize_t vchan__recv(int fd, void *buf, size_t len)
-{
-	return vchan__recv_flags(fd, buf, len, MSG_DONTWAIT);
 }
 
 /*

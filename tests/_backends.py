@@ -1,6 +1,7 @@
-"""Backends the Pythonic-layer tests run over, as in the conformance suite: the engines
-``python`` (pure Python) and ``speedups`` (compiled), our C library (``c``) and, when
-``VCHAN_TEST_LIB=/path/lib.so`` is set, that library (``lib``).
+"""Backends the Pythonic-layer tests run over: the conformance suite's implementations
+(tests/conftest.py: ``VCHAN_TEST_IMPLS``, by default the engines ``python`` (pure Python)
+and ``speedups`` (compiled) and our C library ``c``, plus ``lib`` when
+``VCHAN_TEST_LIB=/path/lib.so`` is set).
 """
 
 from __future__ import annotations
@@ -9,14 +10,12 @@ import os
 
 import pytest
 
-from tests.conftest import CLIB, _build_clib
+from tests.conftest import CLIB, _build_clib, _impl_names
 
 
 def names() -> list[str]:
-    out = ["python", "speedups", "c"]
-    if os.environ.get("VCHAN_TEST_LIB"):
-        out.append("lib")
-    return out
+    """The implementations chosen for this run (the conftest's one list)."""
+    return _impl_names()
 
 
 def backend_arg(name: str) -> str:

@@ -320,6 +320,7 @@ async def test_listener_serves_clients_one_after_another() -> None:
 
 
 @pytest.mark.spec("NOTIFY-UNASKED-QUIET")
+@pytest.mark.serial  # timing or CPU share: run on a quiet machine
 async def test_one_wake_up_per_message_and_no_spinning(streams: tuple[Any, Any]) -> None:
     """A ping-pong of 200 messages: each side's wait() runs about once per message it
     receives, and a receive with nothing coming uses no CPU."""

@@ -5,13 +5,17 @@ from __future__ import annotations
 import errno
 import os
 
+# The constants the C library has as VCHAN__<NAME> in libvchan-socket/internal.h are
+# written there and here under the same name; tests/test_mirror.py checks they agree.
+
 #: Xen's DOMID_FIRST_RESERVED: valid domains are 0 <= domain < DOMAIN_LIMIT.
 DOMAIN_LIMIT = 32752
 #: Largest port a C ``int`` can hold.
 PORT_MAX = 2**31 - 1
-DEFAULT_SOCKET_DIR = "/var/run/vchan"
+#: Where the sockets are when ``$VCHAN_SOCKET_DIR`` is unset or empty.
+SOCKET_DIR = "/var/run/vchan"
 #: ``sizeof(sun_path)`` is 108; one byte is the terminating NUL.
-SUN_PATH_MAX = 107
+PATH_MAX = 107
 #: Ring minimums above this make server init fail, as on Xen.
 RING_MIN_LIMIT = 1 << 20
 #: The client cannot learn the server's sizes (no handshake on the wire): qrexec's size.
@@ -51,12 +55,12 @@ def local_domain() -> int:
 
 
 def socket_dir() -> str:
-    return os.environ.get("VCHAN_SOCKET_DIR") or DEFAULT_SOCKET_DIR
+    return os.environ.get("VCHAN_SOCKET_DIR") or SOCKET_DIR
 
 
 def socket_path(server_domain: int, client_domain: int, port: int) -> str:
     path = os.path.join(socket_dir(), f"vchan.{server_domain}.{client_domain}.{port}.sock")
-    if len(os.fsencode(path)) > SUN_PATH_MAX:
+    if len(os.fsencode(path)) > PATH_MAX:
         raise _err(errno.ENAMETOOLONG, f"socket path too long for sun_path: {path}")
     return path
 

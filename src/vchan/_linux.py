@@ -6,7 +6,6 @@ import array
 import contextlib
 import ctypes
 import ctypes.util
-import errno
 import fcntl
 import os
 import select
@@ -26,7 +25,16 @@ IN_MOVED_FROM = 0x040
 IN_MOVED_TO = 0x080
 IN_CREATE = 0x100
 IN_DELETE = 0x200
-DIR_EVENTS = IN_CREATE | IN_MOVED_TO | IN_DELETE | IN_MOVED_FROM | IN_ATTRIB
+#: What a connecting client watches its socket directory for (internal.h's
+#: VCHAN__INOTIFY_MASK, as are the two DIRLOCK_ values below: tests/test_mirror.py).
+INOTIFY_MASK = IN_CREATE | IN_MOVED_TO | IN_DELETE | IN_MOVED_FROM | IN_ATTRIB
+
+#: Server set-up's directory lock: LOCK_NB tried DIRLOCK_TRIES times, DIRLOCK_WAIT_MS apart.
+DIRLOCK_TRIES = 100
+DIRLOCK_WAIT_MS = 1
+
+#: /proc/net/unix's flag of a listening socket.
+_SO_ACCEPTCON = 0x10000
 
 CLOCK_MONOTONIC = 1
 TFD_NONBLOCK = os.O_NONBLOCK
@@ -69,7 +77,7 @@ def inotify_watch_dir(path: str) -> tuple[int, int]:
     """
     fd = _check(_libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC))
     try:
-        wd = _check(_libc.inotify_add_watch(fd, os.fsencode(path), DIR_EVENTS))
+        wd = _check(_libc.inotify_add_watch(fd, os.fsencode(path), INOTIFY_MASK))
     except OSError:
         os.close(fd)
         raise
@@ -95,18 +103,6 @@ def timerfd_arm(fd: int, seconds: float) -> None:
         ns = 1
     spec.it_value.tv_sec, spec.it_value.tv_nsec = divmod(ns, 1_000_000_000)
     _check(_libc.timerfd_settime(fd, 0, ctypes.byref(spec), None))
-
-
-def drain(fd: int) -> None:
-    """Read a non-blocking notification fd (inotify, timerfd) until it is empty."""
-    while True:
-        try:
-            if not os.read(fd, 4096):
-                return
-        except BlockingIOError:
-            return
-
-
 
 
 #: An int out-parameter for ioctl, copied per call and filled in place (half the cost of an
@@ -142,16 +138,10 @@ def listening_at(path: str, or_binding: bool = False) -> bool:
         fields = line.split(None, 7)
         # Num RefCount Protocol Flags Type St Inode Path; Flags 00010000 = __SO_ACCEPTCON
         if len(fields) == 8 and fields[7] == target and (
-            int(fields[3], 16) & 0x10000 or (or_binding and fields[5] == b"01")
+            int(fields[3], 16) & _SO_ACCEPTCON or (or_binding and fields[5] == b"01")
         ):
             return True
     return False
-
-
-def errno_of(exc: BaseException, default: int = errno.EIO) -> int:
-    if isinstance(exc, OSError) and exc.errno is not None:
-        return exc.errno
-    return default
 
 
 @contextlib.contextmanager
@@ -168,12 +158,12 @@ def directory_lock(directory: str) -> Iterator[None]:
         yield  # bind() reports a missing directory precisely
         return
     try:
-        for _ in range(100):
+        for _ in range(DIRLOCK_TRIES):
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                time.sleep(0.001)
+                time.sleep(DIRLOCK_WAIT_MS / 1000)
             except OSError:
                 break
         yield

@@ -253,6 +253,7 @@ def _client_latency(api, wait_before: float) -> tuple[float, float]:
 
 
 @pytest.mark.spec("CLIENT-CONNECT-50MS")
+@pytest.mark.serial  # timing or CPU share: run on a quiet machine
 def test_must_client_connects_within_50ms_of_listen(api, sockdir):
     # several rounds, after short and longer waits (a growing back-off would show); on a
     # loaded 2-core machine the scheduler alone can cost tens of ms now and then, so one
@@ -265,12 +266,14 @@ def test_must_client_connects_within_50ms_of_listen(api, sockdir):
 
 
 @pytest.mark.spec("CLIENT-NO-BUSY-WAIT")
+@pytest.mark.serial  # timing or CPU share: run on a quiet machine
 def test_must_client_not_busy_wait_while_server_absent(api, sockdir):
     _, cpu_share = _client_latency(api, 0.5)
     assert cpu_share < 0.05, f"waiting client used {cpu_share:.1%} of a CPU"
 
 
 @pytest.mark.spec("CLIENT-CONNECT-50MS", "CLIENT-NO-BUSY-WAIT")
+@pytest.mark.serial  # timing or CPU share: run on a quiet machine
 def test_must_client_connects_after_stale_socket_file_replaced(api, sockdir):
     """A stale file (ECONNREFUSED) at the path must not delay the client beyond 50 ms."""
     path = sock_path(sockdir, 0, 0, 1)
@@ -309,6 +312,7 @@ def test_must_async_client_never_blocks_while_server_absent(api, sockdir):
 
 
 @pytest.mark.spec("ASYNC-WATCH-READABLE")
+@pytest.mark.serial  # timing or CPU share: run on a quiet machine
 def test_must_async_client_finish_returns_1_then_0_driven_by_watch_fd(api, sockdir):
     fds_before = _fds()
     ret = api.libvchan_client_init_async(0, 1)
@@ -649,6 +653,7 @@ def test_must_async_watch_fd_qrexec_sequence_connects_at_once(api, sockdir):
 
 
 @pytest.mark.spec("ASYNC-WATCH-READABLE")
+@pytest.mark.serial  # timing or CPU share: run on a quiet machine
 def test_must_async_watch_fd_readable_within_50ms_of_server_appearing(api, sockdir):
     ret = api.libvchan_client_init_async(0, 1)
     assert ret is not None
@@ -686,6 +691,7 @@ def _until_state(api, h, state: int) -> None:
 
 
 @pytest.mark.spec("SESSION-RESTART")
+@pytest.mark.serial  # timing or CPU share: run on a quiet machine
 @pytest.mark.parametrize("client_first", [False, True], ids=["server-first", "client-waits"])
 def test_must_session_restarts_on_same_port_qubesdb_pattern(api, sockdir, client_first):
     """qubesdb's daemon: when its peer goes, close() then server_init() on the same domain
@@ -737,6 +743,7 @@ def _idle_cpu_share(seconds: float) -> float:
 
 
 @pytest.mark.spec("STATE-PROMPT", "DATA-READY-KEEPS-BYTES")
+@pytest.mark.serial  # timing or CPU share: run on a quiet machine
 @pytest.mark.parametrize("full", ["our-read-ring", "our-write-ring"])
 def test_must_is_open_disconnected_promptly_when_peer_leaves_ring_full(api, sockdir, full):
     srv, cli = connected_pair(api)

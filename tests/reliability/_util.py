@@ -183,6 +183,14 @@ class Peer:
 # resources
 
 
+def cpu_seconds(pid: int) -> float:
+    """The CPU time (user + system) process ``pid`` has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])  # utime + stime (fields 14, 15)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def fds() -> set[int]:
     return {int(x) for x in os.listdir("/proc/self/fd")}
 

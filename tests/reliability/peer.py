@@ -15,9 +15,13 @@ vchan._cffi). ROLE is ``server`` or
   ``EOF <count>`` at the end of the stream, ``BAD <offset>`` (exit 3) on a wrong byte.
 * ``hold``: just keep the channel open; with ``greet=TEXT`` a server first sends TEXT.
 
-Every peer prints ``READY`` once its server listens or its client is connected, holds the
-channel until its standard input closes, then closes it and exits 0. Errors print
-``ERR <errno> <what>`` and exit 2.
+Every peer prints ``START`` when it is about to set up its end (everything loaded), ``READY``
+once its server listens or its client is connected, holds the channel until its standard
+input closes, then closes it and exits 0. Errors print ``ERR <errno> <what>`` and exit 2.
+
+``VCHAN_TEST_INOTIFY_FAIL=init|watch`` in the environment makes inotify unavailable to the
+Python engine as the LD_PRELOAD shim ``no_inotify.c`` makes it to a C library (ctypes, which
+the Python engine calls libc through, does not see that shim).
 """
 
 from __future__ import annotations
@@ -120,6 +124,29 @@ class Lib:
         return int(self.api.libvchan_read(self.h, buf, len(buf)))
 
 
+def no_inotify_in_python() -> None:
+    """What no_inotify.c does, for the Python engine: inotify_init1() fails with EMFILE
+    (``init``) or inotify_add_watch() with ENOSPC (``watch``), noted in the log file."""
+    import ctypes
+
+    from vchan import _linux
+
+    which = os.environ.get("VCHAN_TEST_INOTIFY_FAIL")
+    if which not in ("init", "watch"):
+        return
+    code = errno.EMFILE if which == "init" else errno.ENOSPC
+
+    def fail_call(*args: Any) -> int:
+        log = os.environ.get("VCHAN_TEST_INOTIFY_LOG")
+        if log:
+            with open(log, "a") as f:
+                f.write(which + "\n")
+        ctypes.set_errno(code)
+        return -1
+
+    setattr(_linux._libc, "inotify_init1" if which == "init" else "inotify_add_watch", fail_call)
+
+
 def main(argv: list[str]) -> None:
     impl, role, action = argv[:3]
     opts = dict(a.split("=", 1) for a in argv[3:])
@@ -129,6 +156,7 @@ def main(argv: list[str]) -> None:
     if impl == "plain":
         end: Any = Plain()
         path = sock_path(role, port)
+        out("START")
         try:
             end.server(path) if role == "server" else end.client(path)
         except OSError as exc:
@@ -145,7 +173,10 @@ def main(argv: list[str]) -> None:
             from vchan import _cffi
 
             api = _cffi.load(impl)
+        if impl == "python":
+            no_inotify_in_python()
         end = Lib(api)
+        out("START")
         if role == "server":
             end.server(port, int(opts.get("read_min", "0")), int(opts.get("write_min", "0")))
         else:

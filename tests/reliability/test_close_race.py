@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from tests.conftest import bounded, connected_pair, run_bg, settle, wait_until
+from tests.conftest import bounded, connected_pair, run_bg, scaled, settle, wait_until
 
-PROMPT = 0.5
+PROMPT = scaled(0.5)
 RING = 4096
 
 
@@ -153,7 +153,7 @@ def test_close_right_after_client_connected_delivers_early_writes(api, sockdir, 
         api.libvchan_close(srv)
         got = bytearray()
         buf = bytearray(4096)
-        end = time.monotonic() + 5
+        end = time.monotonic() + scaled(5)
         while True:
             n = api.libvchan_read(cli, buf, len(buf))
             if n < 0:

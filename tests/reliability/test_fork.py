@@ -21,6 +21,7 @@ from tests.conftest import (
     bounded,
     connected_pair,
     run_bg,
+    scaled,
     sock_path,
     wait_until,
 )
@@ -76,9 +77,9 @@ def test_fork_during_transfer_child_close_leaves_parent_intact(api, sockdir, chi
     bgs = [
         run_bg(_write_stream, api, srv, 11),
         run_bg(_write_stream, api, cli, 12),
-        run_bg(read_stream, api, srv, to_srv, TOTAL, 30, True),
+        run_bg(read_stream, api, srv, to_srv, TOTAL, scaled(30), True),
     ]
-    read_stream(api, cli, to_cli, until=TOTAL // 4, timeout=30, blocking=True)
+    read_stream(api, cli, to_cli, until=TOTAL // 4, timeout=scaled(30), blocking=True)
 
     def in_child() -> None:
         if child == "close":
@@ -90,9 +91,9 @@ def test_fork_during_transfer_child_close_leaves_parent_intact(api, sockdir, chi
     pid = _fork(in_child)  # other threads are inside the library right now
     code = _reap(pid)
     assert code == (-signal.SIGKILL if child == "sigkill" else 0)
-    assert read_stream(api, cli, to_cli, until=TOTAL, timeout=30, blocking=True)
+    assert read_stream(api, cli, to_cli, until=TOTAL, timeout=scaled(30), blocking=True)
     for bg in bgs:
-        assert bg.result(30)
+        assert bg.result(scaled(30))
     assert to_cli.count == TOTAL and to_srv.count == TOTAL
     assert api.libvchan_is_open(srv) == VCHAN_CONNECTED
     assert api.libvchan_is_open(cli) == VCHAN_CONNECTED

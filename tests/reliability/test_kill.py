@@ -17,13 +17,14 @@ from tests.conftest import (
     VCHAN_DISCONNECTED,
     fd_readable,
     run_bg,
+    scaled,
     settle,
     wait_until,
 )
 from tests.reliability import _stream
 from tests.reliability._util import read_stream
 
-PROMPT = 1.0  # "promptly"
+PROMPT = scaled(1.0)  # "promptly"
 RING = 65536  # the peer's write ring (a client's, or a server made with write_min=65536)
 
 
@@ -68,7 +69,7 @@ def test_sigkill_sending_peer_all_kernel_bytes_arrive_in_order_then_end(
     check = _stream.Checker(7)
     if reader == "blocking-thread":
         # we read continuously with blocking reads; the peer dies while bytes flow
-        bg = run_bg(read_stream, api, h, check, None, 30, True)
+        bg = run_bg(read_stream, api, h, check, None, scaled(30), True)
         peer.wait_value("ACK", 600_000)
         peer.kill()
         t_kill = time.monotonic()

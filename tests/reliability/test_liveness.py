@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.conftest import TIMEOUT, bounded, connected_pair, run_bg
+from tests.conftest import TIMEOUT, bounded, connected_pair, run_bg, scaled
 from tests.reliability import _stream
 
 RING = 65536
@@ -48,7 +48,7 @@ def test_recv_of_whole_ring_completes_with_small_writes(api, sockdir, mode, chun
             n = api.libvchan_recv(srv, buf, want)
             if n == 0:
                 ret = run_bg(api.libvchan_wait, srv)
-                ret.thread.join(5)
+                ret.thread.join(scaled(5))
                 assert not ret.thread.is_alive(), (
                     f"deadlock: recv({want}) returns 0 with {api.libvchan_data_ready(srv)} "
                     f"bytes ready, the writer is blocked and wait() never returns")
@@ -74,7 +74,7 @@ def test_nonblocking_read_and_wait_keep_up_with_small_blocking_writes(api, sockd
         assert n >= 0
         if n == 0:
             ret = run_bg(api.libvchan_wait, srv)
-            ret.thread.join(5)
+            ret.thread.join(scaled(5))
             assert not ret.thread.is_alive(), (
                 f"missed event: wait() blocks with {api.libvchan_data_ready(srv)} bytes "
                 f"ready after {check.count}")

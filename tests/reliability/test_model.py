@@ -55,14 +55,15 @@ from tests.conftest import (
     bounded_err,
     fd_readable,
     run_bg,
+    scaled,
     wait_until,
 )
 from tests.reliability import _stream
 
 CLIENT_RING = 65536
 MINS = [0, 1024, 2048, 4096, 5000, 65536]
-PROMPT = 1.0
-CALL_TIMEOUT = 5.0
+PROMPT = scaled(1.0)
+CALL_TIMEOUT = scaled(5.0)
 
 _ports = itertools.count(1000)
 

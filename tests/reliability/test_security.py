@@ -92,7 +92,7 @@ def test_non_socket_at_path_untouched_init_fails(api, sockdir, kind):
     else:
         os.mkdir(path)
     before = _snapshot(path)
-    h, err = bounded_err(api, api.libvchan_server_init, 0, 1, 0, 0, timeout=5)
+    h, err = bounded_err(api, api.libvchan_server_init, 0, 1, 0, 0, timeout=scaled(5))
     assert h is None
     assert err == errno.EEXIST, os.strerror(err)
     assert _snapshot(path) == before

@@ -14,8 +14,10 @@ import time
 
 import pytest
 
-from tests.conftest import connected_pair, run_bg
+from tests.conftest import connected_pair, run_bg, scaled
 from tests.reliability import _stream
+
+pytestmark = pytest.mark.serial  # signal storms: run on a quiet machine
 
 TOTAL = 3 << 20
 RING = 65536
@@ -139,7 +141,7 @@ def test_signal_storm_blocking_transfers_both_ways(api, sockdir):
         t0 = time.monotonic()
         assert _reader(api, cli, storm, 1, "read") == TOTAL  # main thread: itimer signals
         for bg in bgs:
-            assert bg.result(30) == TOTAL
+            assert bg.result(scaled(30)) == TOTAL
         elapsed = time.monotonic() - t0
     finally:
         storm.stop()
@@ -152,7 +154,7 @@ def test_signal_storm_nonblocking_with_wait(api, sockdir):
     try:
         bg = run_bg(_nonblocking_pump, api, cli, srv, storm, 4)
         assert _nonblocking_pump(api, srv, cli, storm, 3) > 0
-        assert bg.result(30) > 0
+        assert bg.result(scaled(30)) > 0
     finally:
         storm.stop()
     # Both pumps sleep in wait() (a C call) most of the time, so their handler runs are few;

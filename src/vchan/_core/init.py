@@ -1,8 +1,7 @@
 """Channel set-up, like ``libvchan-socket/init.c``: the server's listen and accept, the
 client's connect (with its inotify watch and back-off timer), and attaching the connection.
 
-close()'s wake-up (init.c's ``vchan__close_wake``: shut the sockets down, fire the timer,
-unlink the path) is the middle of :meth:`Notify.close <vchan._core.notify.Notify.close>`.
+The channel itself is set up by ``_Channel.__init__`` (internal.py) and closed in handle.py.
 """
 
 from __future__ import annotations
@@ -17,12 +16,15 @@ from typing import Self
 
 from .. import _config, _linux
 from .internal import (
-    _BACKOFF_FIRST,
-    _BACKOFF_MAX,
     _EPOLL_IN,
     _EPOLL_INOUT,
+    BACKOFF_FIRST_MS,
+    BACKOFF_MAX_MS,
+    BACKOFF_NOINOTIFY_MS,
     CONNECTED,
     DISCONNECTED,
+    W_EXTRA,
+    W_RINGS,
     _Channel,
 )
 from .util import _oserror
@@ -74,6 +76,8 @@ class Init(_Channel):
         _config.check_port(port)
         path = _config.socket_path(domain, _config.local_domain(), port)
         directory = os.path.dirname(path) or "."
+        if not stat.S_ISDIR(os.stat(directory).st_mode):  # missing: ENOENT at once
+            raise _oserror(errno.ENOTDIR, f"not a directory: {directory}")
         ch = cls(is_server=False, read_ring=_config.CLIENT_RING,
                  write_ring=_config.CLIENT_RING, path=path, allow_any_uid=allow_any_uid)
         try:
@@ -82,12 +86,20 @@ class Init(_Channel):
                     if watch:
                         ch._latch_connection()
                     return ch
-                # Watch the directory (this fails at once if it is missing), then try again:
-                # a server that appeared between the first attempt and the watch counts too.
-                ch._inotify, ch._watch = _linux.inotify_watch_dir(directory)
+                # Not there yet: the back-off timer, and inotify on the directory. Then try
+                # again: a server that appeared between the two attempts counts too.
+                ch._backoff_ms = BACKOFF_FIRST_MS
                 ch._timer = _linux.timerfd_create()
-                ch._ep.register(ch._inotify, select.EPOLLIN)
                 ch._ep.register(ch._timer, select.EPOLLIN)
+                try:
+                    ch._inotify, ch._watch = _linux.inotify_watch_dir(directory)
+                except OSError as exc:
+                    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                        raise
+                    # No inotify (EMFILE: out of instances, ENOSPC: out of watches): the
+                    # timer alone, with a shorter back-off (_connect_step).
+                else:
+                    ch._ep.register(ch._inotify, select.EPOLLIN)
                 if ch._connect_step() and watch:
                     ch._latch_connection()
         except BaseException:
@@ -115,14 +127,15 @@ class Init(_Channel):
             sock.connect(self.path)
         except FileNotFoundError:
             sock.close()
-            return False  # inotify tells us when it appears
+            if self._inotify >= 0:
+                return False  # inotify tells us when it appears
+            self._backoff_step()  # without inotify, poll on the timer
+            return False
         except (ConnectionRefusedError, BlockingIOError, InterruptedError):
             # A stale file, a server between bind() and listen(), or a full backlog:
             # none of these produce an inotify event, so retry on a back-off timer.
             sock.close()
-            if self._timer >= 0:
-                _linux.timerfd_arm(self._timer, self._backoff)
-                self._backoff = min(self._backoff * 2, _BACKOFF_MAX)
+            self._backoff_step()
             return False
         except BaseException:
             sock.close()
@@ -130,14 +143,28 @@ class Init(_Channel):
         if not self._trusted(sock):
             sock.close()
             raise _oserror(errno.EACCES, "vchan server runs as an untrusted uid")
-        if self._timer >= 0:
+        if self._inotify >= 0:
+            # The inotify instance only loses its watch: closed with the channel (closing
+            # it now would wait for an SRCU grace period, see _linux.inotify_unwatch).
             self._ep.unregister(self._inotify)
-            _linux.inotify_unwatch(self._inotify, self._watch)  # closed with the channel
+            if self._watch >= 0:
+                _linux.inotify_unwatch(self._inotify, self._watch)
+            self._watch = -1
+        if self._timer >= 0:
             self._ep.unregister(self._timer)
             os.close(self._timer)
             self._timer = -1
         self._attach(sock)
         return True
+
+    def _backoff_step(self) -> None:
+        """Arm the retry timer (if it exists yet) and double the back-off (lock held)."""
+        if self._timer >= 0:
+            _linux.timerfd_arm(self._timer, self._backoff_ms / 1000)
+        self._backoff_ms = min(self._backoff_ms * 2, BACKOFF_MAX_MS)
+        if self._inotify < 0:
+            # without inotify the timer is all we have: keep it short
+            self._backoff_ms = min(self._backoff_ms, BACKOFF_NOINOTIFY_MS)
 
     def finish(self, blocking: bool, timeout: float | None = None) -> int:
         """Drive an asynchronous client connection: 0 connected, 1 not yet (non-blocking)."""
@@ -151,7 +178,7 @@ class Init(_Channel):
                         return 0
                     try:
                         if self._drain_connect_events():
-                            self._backoff = _BACKOFF_FIRST
+                            self._backoff_ms = BACKOFF_FIRST_MS
                         if self._connect_step():
                             return 0
                     except OSError:
@@ -176,6 +203,8 @@ class Init(_Channel):
     def _drain_connect_events(self) -> bool:
         had_event = False
         for fd in (self._inotify, self._timer):
+            if fd < 0:
+                continue
             try:
                 while os.read(fd, 4096):
                     had_event = had_event or fd == self._inotify
@@ -197,7 +226,7 @@ class Init(_Channel):
         # Blocking at the socket level: a blocking read/recv is then one recv() that sleeps in
         # the kernel, like a plain socket; every other call passes MSG_DONTWAIT.
         sock.setblocking(True)
-        want = 4 * self.write_ring + 65536
+        want = W_RINGS * self.write_ring + W_EXTRA
         try:
             if sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < 4 * want:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 2 * want)

@@ -12,24 +12,23 @@ change it, and the lifetime counters. It is never held while waiting for the pee
 written) without it: one attribute load or store is atomic under the GIL, as the C library's
 atomics are.
 
-Lifetime. ``_calls`` holds one entry per call in progress and for the pusher thread (the C
-library's ``refs`` without the owner's reference, for which ``_closed`` stands): whoever empties
-it once the channel is closed closes the descriptors, so a close() from another thread never
-closes a descriptor a call may still use and no descriptor number is reused meanwhile. It is
-a list because ``append`` and ``pop`` are atomic under the GIL: the hot paths enter without
-taking ``_lock`` (append, *then* check ``_closed``; close() sets ``_closed``, *then* checks
-``_calls``: one of the two always sees the other).
+Lifetime (handle.py). ``_calls`` holds one entry per call in progress and for the pusher
+thread (the C library's ``refs`` without the owner's reference, for which ``_closed``
+stands): whoever empties it once the channel is closed closes the descriptors, so a close()
+from another thread never closes a descriptor a call may still use and no descriptor number
+is reused meanwhile. It is a list because ``append`` and ``pop`` are atomic under the GIL:
+the hot paths enter without taking ``_lock`` (append, *then* check ``_closed``; close() sets
+``_closed``, *then* checks ``_calls``: one of the two always sees the other).
 """
 
 from __future__ import annotations
 
-import array
 import fcntl
 import select
 import socket
 import threading
 import weakref
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from .. import _config, _linux
 
@@ -40,14 +39,29 @@ from .._constants import WAITING as WAITING
 from .._constants import InBuf as InBuf
 from .._constants import OutBuf as OutBuf
 
+# ---- constants. internal.h has each as VCHAN__<NAME>; tests/test_mirror.py checks that the
+# two agree (the addressing ones are in vchan._config, the system ones in vchan._linux).
+#: Upper bound of the truesize of one write of n bytes (DESIGN.md "tsz"):
+#: ``n + TSZ_BASE + TSZ_STEP * (n >> TSZ_SHIFT)``; fit() inverts it (``>> FIT_SHIFT``).
+TSZ_BASE: Final = 2560
+TSZ_STEP: Final = 1024
+TSZ_SHIFT: Final = 15
+FIT_SHIFT: Final = 5
+#: SO_SNDBUF is raised so that ``W = S/4 >= W_RINGS * write_ring + W_EXTRA`` (DESIGN.md).
+W_RINGS: Final = 4
+W_EXTRA: Final = 65536
+#: Client retry back-off for a refused connect (ms); without inotify, at most NOINOTIFY.
+BACKOFF_FIRST_MS: Final = 1
+BACKOFF_MAX_MS: Final = 100
+BACKOFF_NOINOTIFY_MS: Final = 10
+
 _EPOLL_IN = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
 _EPOLL_INOUT = _EPOLL_IN | select.EPOLLOUT
 _POLL_GONE = _linux.POLLRDHUP | select.POLLHUP | select.POLLERR
 _FIONREAD = _linux.FIONREAD
 _ioctl = fcntl.ioctl
-#: FIONREAD's out-parameter: ``_INT0.__copy__()`` filled in place by ioctl (half the cost of
-#: an immutable buffer and an unpack; a copy per call, so threads never share one).
-_INT0 = array.array("i", [0])
+#: FIONREAD's out-parameter: ``_INT0.__copy__()`` filled in place by ioctl (see _linux).
+_INT0 = _linux._INT0
 
 
 def _queued(fd: int) -> int:
@@ -55,10 +69,9 @@ def _queued(fd: int) -> int:
     buf = _INT0.__copy__()
     _ioctl(fd, _FIONREAD, buf, True)
     return buf[0]
-_BACKOFF_FIRST = 0.001
-_BACKOFF_MAX = 0.1
 
-# Every channel of this process, for the fork handler (notify.py).
+
+# Every channel of this process, for the fork handler (handle.py).
 _live: weakref.WeakSet[_Channel] = weakref.WeakSet()
 
 
@@ -90,9 +103,10 @@ class _Channel:
     _listener: socket.socket | None  # server: the listener while WAITING
     _bound: tuple[int, int] | None   # server: (dev, ino) of the socket we bound at path
     _inotify: int               # client that had to wait: inotify fd on the directory, or -1
+                                # (also -1 when inotify is unavailable: the timer alone)
     _watch: int                 # its watch descriptor
     _timer: int                 # client while connecting: back-off timerfd, or -1
-    _backoff: float             # the next back-off (seconds)
+    _backoff_ms: int            # the next back-off
 
     # ---- _lock: write side ----
     _u_est: int                 # upper bound of the bytes (truesize) in flight, U
@@ -138,7 +152,7 @@ class _Channel:
         self._inotify = -1
         self._watch = -1
         self._timer = -1
-        self._backoff = _BACKOFF_FIRST
+        self._backoff_ms = BACKOFF_FIRST_MS
         self._w = 0
         self._u_est = 0
         self._promised = 0
@@ -178,13 +192,16 @@ class _Channel:
         def _unlink_if_ours(self) -> None: ...
         def _await_client(self) -> None: ...
 
-        # ---- notify.py ----
+        # ---- handle.py ----
         def _check_open(self) -> None: ...
         def _enter(self) -> None: ...
         def _leave(self) -> None: ...
         def _idle_cleanup(self) -> None: ...
         def _leave_cleanup(self) -> None: ...
         def _forked(self) -> None: ...
+        def close(self) -> None: ...
+
+        # ---- notify.py ----
         def _gone(self) -> OSError: ...
         def _pending(self) -> bool: ...
         def _settle(self) -> int: ...
@@ -194,7 +211,6 @@ class _Channel:
         def _arm(self) -> None: ...
         def _harvest(self, fd: int) -> None: ...
         def _count(self, n: int) -> None: ...
-        def close(self) -> None: ...
 
         # ---- io.py ----
         def _flush_overflow(self, bounded: bool) -> None: ...

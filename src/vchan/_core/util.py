@@ -13,18 +13,18 @@ import select
 import socket
 
 from .. import _linux
-from .internal import _POLL_GONE, _Channel
+from .internal import _POLL_GONE, FIT_SHIFT, TSZ_BASE, TSZ_SHIFT, TSZ_STEP, _Channel
 
 
 def tsz(n: int) -> int:
     """Upper bound of the send-buffer memory (skb truesize) one write of ``n`` bytes costs."""
-    return n + 2560 + 1024 * (n >> 15)
+    return n + TSZ_BASE + TSZ_STEP * (n >> TSZ_SHIFT)
 
 
 def fit(room: int) -> int:
     """Largest payload ``n`` with ``tsz(n) <= room``."""
-    room -= 2560
-    return max(0, room - (room >> 5))
+    room -= TSZ_BASE
+    return max(0, room - (room >> FIT_SHIFT))
 
 
 def _oserror(code: int, message: str | None = None) -> OSError:
