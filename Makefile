@@ -26,6 +26,7 @@ demo:
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests bench docs
+	$(VENV)/bin/ruff format --check src tests bench docs
 
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy

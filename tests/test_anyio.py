@@ -462,7 +462,9 @@ def test_trio_process_and_asyncio_process_exchange_verified_data(sockdir: str) -
         )
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                [sys.executable, "-c", code],
+                env=env,
+                stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
             )
         )

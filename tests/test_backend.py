@@ -325,8 +325,9 @@ def test_c_backend_does_not_load_the_pure_engine(sockdir):
         "srv.close()\n"
         "assert 'vchan._core' not in sys.modules, 'the pure engine was imported'\n"
     )
-    env = dict(os.environ, VCHAN_PURE_PYTHON="1", VCHAN_BACKEND=clib_path(),
-               VCHAN_SOCKET_DIR=sockdir)
+    env = dict(
+        os.environ, VCHAN_PURE_PYTHON="1", VCHAN_BACKEND=clib_path(), VCHAN_SOCKET_DIR=sockdir
+    )
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=TIMEOUT)
 
 

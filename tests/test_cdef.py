@@ -65,8 +65,10 @@ def test_the_parser_sees_a_difference() -> None:
     good = _prototypes(_cffi.CDEF)
     for bad in (
         _cffi.CDEF.replace("int libvchan_wait(", "long libvchan_wait("),
-        _cffi.CDEF.replace("const void *data, size_t size);\nint libvchan_send",
-                           "void *data, size_t size);\nint libvchan_send"),
+        _cffi.CDEF.replace(
+            "const void *data, size_t size);\nint libvchan_send",
+            "void *data, size_t size);\nint libvchan_send",
+        ),
         _cffi.CDEF.replace("int libvchan_is_open(libvchan_t *ctrl);\n", ""),
     ):
         assert _prototypes(bad) != good

@@ -41,8 +41,10 @@ def usage(parser: argparse.ArgumentParser) -> str:
     """The parser's usage without the ``usage:`` prefix (continuation lines re-indented)."""
     text = parser.format_usage().strip()
     prefix = "usage: "
-    lines = [ln[len(prefix):] if ln.startswith(" " * len(prefix)) else ln
-             for ln in text.removeprefix(prefix).splitlines()]
+    lines = [
+        ln[len(prefix) :] if ln.startswith(" " * len(prefix)) else ln
+        for ln in text.removeprefix(prefix).splitlines()
+    ]
     return "\n".join(lines)
 
 
@@ -206,8 +208,9 @@ def parse_header(text: str) -> tuple[list[str], list[Decl]]:
             continue
         m = _MACRO.match(line)
         if m and not m["name"].endswith("_H"):
-            decls.append(Decl("macro", m["name"], m["name"], [m["doc"].strip()] if m["doc"]
-                              else pending))
+            decls.append(
+                Decl("macro", m["name"], m["name"], [m["doc"].strip()] if m["doc"] else pending)
+            )
             pending = []
             i += 1
             continue
@@ -259,16 +262,22 @@ def comment_rst(lines: list[str]) -> list[str]:
             i += 1
             continue
         if line.lstrip().startswith("- "):
-            if out and out[-1].strip() and not out[-1].startswith("- ") and not (
-                out[-1].startswith("  ")
+            if (
+                out
+                and out[-1].strip()
+                and not out[-1].startswith("- ")
+                and not (out[-1].startswith("  "))
             ):
                 out.append("")  # RST wants a blank line before a list
             indent = len(line) - len(line.lstrip())
             out.append("- " + _inline(line.lstrip()[2:]))
             i += 1
-            while i < len(lines) and lines[i].strip() and (
-                len(lines[i]) - len(lines[i].lstrip()) > indent
-            ) and not lines[i].lstrip().startswith("- "):
+            while (
+                i < len(lines)
+                and lines[i].strip()
+                and (len(lines[i]) - len(lines[i].lstrip()) > indent)
+                and not lines[i].lstrip().startswith("- ")
+            ):
                 out.append("  " + _inline(lines[i].strip()))
                 i += 1
             if i < len(lines) and not lines[i].lstrip().startswith("- "):
@@ -391,17 +400,18 @@ def parse_bench_table(text: str) -> list[BenchTable]:
     return tables
 
 
-_COLORS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3",
-           "#8c8c8c"]
+_COLORS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c"]
 
 
-def bar_chart_svg(title: str, groups: list[str], series: dict[str, list[float | None]],
-                  unit: str) -> str:
+def bar_chart_svg(
+    title: str, groups: list[str], series: dict[str, list[float | None]], unit: str
+) -> str:
     """A grouped bar chart as a standalone SVG string (bars labelled with their value)."""
     width, height, left, top, bottom = 760, 300, 60, 30, 70
     plot_w, plot_h = width - left - 20, height - top - bottom
-    top_value = max((v for vals in series.values() for v in vals if v is not None),
-                    default=1.0) * 1.15
+    top_value = (
+        max((v for vals in series.values() for v in vals if v is not None), default=1.0) * 1.15
+    )
     n = max(1, len(series))
     group_w = plot_w / max(1, len(groups))
     bar_w = group_w * 0.8 / n
@@ -425,18 +435,26 @@ def bar_chart_svg(title: str, groups: list[str], series: dict[str, list[float | 
             h = plot_h * value / top_value
             x = x0 + s * bar_w
             y = top + plot_h - h
-            parts.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar_w * 0.92:.1f}" '
-                         f'height="{h:.1f}" fill="{_COLORS[s % len(_COLORS)]}">'
-                         f"<title>{html.escape(_name)}: {value:g}</title></rect>")
-            parts.append(f'<text x="{x + bar_w / 2:.1f}" y="{y - 3:.1f}" text-anchor="middle" '
-                         f'font-size="8">{value:.2f}</text>')
-        parts.append(f'<text x="{left + (g + 0.5) * group_w:.1f}" y="{top + plot_h + 14}" '
-                     f'text-anchor="middle">{html.escape(group)}</text>')
+            parts.append(
+                f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar_w * 0.92:.1f}" '
+                f'height="{h:.1f}" fill="{_COLORS[s % len(_COLORS)]}">'
+                f"<title>{html.escape(_name)}: {value:g}</title></rect>"
+            )
+            parts.append(
+                f'<text x="{x + bar_w / 2:.1f}" y="{y - 3:.1f}" text-anchor="middle" '
+                f'font-size="8">{value:.2f}</text>'
+            )
+        parts.append(
+            f'<text x="{left + (g + 0.5) * group_w:.1f}" y="{top + plot_h + 14}" '
+            f'text-anchor="middle">{html.escape(group)}</text>'
+        )
     for s, name in enumerate(series):
         x = left + (s % 4) * (plot_w / 4)
         y = height - 28 + (s // 4) * 14
-        parts.append(f'<rect x="{x:.1f}" y="{y - 9}" width="10" height="10" '
-                     f'fill="{_COLORS[s % len(_COLORS)]}"/>')
+        parts.append(
+            f'<rect x="{x:.1f}" y="{y - 9}" width="10" height="10" '
+            f'fill="{_COLORS[s % len(_COLORS)]}"/>'
+        )
         parts.append(f'<text x="{x + 14:.1f}" y="{y}">{html.escape(name)}</text>')
     parts.append("</svg>")
     return "\n".join(parts)
@@ -467,10 +485,16 @@ class BenchChart(SphinxDirective):
                     ratios.setdefault(col, {})[label] = value
         raw = columns.get(raw_col, {})
         charts = [
-            ("Stream throughput, ratio to the raw socket (higher is better)",
-             [r for r in raw if r.startswith("stream")], "x raw"),
-            ("64-byte round trip (median), ratio to the raw socket (lower is better)",
-             [r for r in raw if r.startswith("ping") and "median" in r], "x raw"),
+            (
+                "Stream throughput, ratio to the raw socket (higher is better)",
+                [r for r in raw if r.startswith("stream")],
+                "x raw",
+            ),
+            (
+                "64-byte round trip (median), ratio to the raw socket (lower is better)",
+                [r for r in raw if r.startswith("ping") and "median" in r],
+                "x raw",
+            ),
         ]
         out: list[nodes.Node] = []
         for title, rows, unit in charts:
@@ -568,8 +592,13 @@ class SpecTests(SphinxDirective):
         known = {r.id for r in rules}
         for m in found:
             if m.id not in known:
-                logger.warning("%s:%d names an unknown rule %s", m.path, m.line, m.id,
-                               location=self.get_location())
+                logger.warning(
+                    "%s:%d names an unknown rule %s",
+                    m.path,
+                    m.line,
+                    m.id,
+                    location=self.get_location(),
+                )
 
         table = nodes.table(classes=["spec-tests", "colwidths-given"])
         group = nodes.tgroup(cols=2)
@@ -601,7 +630,9 @@ class SpecTests(SphinxDirective):
             if not tests:
                 tests.append(nodes.paragraph("", "", nodes.emphasis(text="no test yet")))
             body += nodes.row(
-                "", _entry(nodes.paragraph("", "", rule_id), sentence), _entry(*tests),
+                "",
+                _entry(nodes.paragraph("", "", rule_id), sentence),
+                _entry(*tests),
                 ids=[label],
             )
         marked = {m.node for m in found if m.id in known}
@@ -611,9 +642,11 @@ class SpecTests(SphinxDirective):
         )
         # Test names are long and unbreakable: let them wrap inside their column.
         style = nodes.raw(
-            "", "<style>table.spec-tests td { vertical-align: top; } "
+            "",
+            "<style>table.spec-tests td { vertical-align: top; } "
             "table.spec-tests span.pre { white-space: normal; overflow-wrap: anywhere; }"
-            "</style>", format="html"
+            "</style>",
+            format="html",
         )
         return [style, summary, table]
 

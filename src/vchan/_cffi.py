@@ -271,8 +271,12 @@ class CLibvchan:
     def libvchan_server_init(self, domain: int, port: int, read_min: int, write_min: int) -> Any:
         """Start a server; return its handle (state WAITING) or ``None``."""
         b = self.binding
-        return self._call(None, lambda: b.server_init(
-            self._int(domain), self._int(port), self._size(read_min), self._size(write_min)))
+        return self._call(
+            None,
+            lambda: b.server_init(
+                self._int(domain), self._int(port), self._size(read_min), self._size(write_min)
+            ),
+        )
 
     def libvchan_client_init(self, domain: int, port: int) -> Any:
         """Connect to a server, waiting for it to appear; return a handle or ``None``."""
@@ -283,7 +287,8 @@ class CLibvchan:
         """Start connecting without blocking; return ``(handle, watch_fd)`` or ``None``."""
         b = self.binding
         result: tuple[Any, int] | None = self._call(
-            None, lambda: b.client_init_async(self._int(domain), self._int(port)))
+            None, lambda: b.client_init_async(self._int(domain), self._int(port))
+        )
         return result
 
     def libvchan_client_init_async_finish(self, handle: Any, blocking: bool) -> int:

@@ -30,8 +30,15 @@ if TYPE_CHECKING:
     EngineChannel: TypeAlias = _core.Channel | _speedups.Channel
 
 __all__ = [
-    "ENGINE", "NAMES", "PURE_ENV", "PYTHON", "SPEEDUPS", "channel_class",
-    "is_channel", "pure_forced", "speedups_error",
+    "ENGINE",
+    "NAMES",
+    "PURE_ENV",
+    "PYTHON",
+    "SPEEDUPS",
+    "channel_class",
+    "is_channel",
+    "pure_forced",
+    "speedups_error",
 ]
 
 #: Environment variable that forces the pure-Python engine when set to anything but ""/"0".

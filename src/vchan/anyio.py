@@ -439,8 +439,14 @@ class VchanListener(anyio.abc.Listener[VchanStream]):
 
     def _listen(self) -> Vchan:
         domain, port, read_min, write_min = self._args
-        vc = _server(domain, port, read_min, write_min, allow_any_uid=self._allow_any_uid,
-                     backend=self._backend)
+        vc = _server(
+            domain,
+            port,
+            read_min,
+            write_min,
+            allow_any_uid=self._allow_any_uid,
+            backend=self._backend,
+        )
         vc.set_blocking(False)
         return vc
 

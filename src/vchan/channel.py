@@ -32,8 +32,9 @@ class Vchan:
     In non-blocking mode a call that cannot make progress raises :class:`BlockingIOError`.
     """
 
-    def __init__(self, endpoint: Endpoint, *, read_ring: int | None = None,
-                 write_ring: int | None = None) -> None:
+    def __init__(
+        self, endpoint: Endpoint, *, read_ring: int | None = None, write_ring: int | None = None
+    ) -> None:
         self._ep: Endpoint | None = endpoint
         self._blocking = True
         #: Size of the read ring, when the backend knows it (the engines do, a C library
@@ -231,8 +232,12 @@ class Vchan:
     def __enter__(self) -> Vchan:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
     def __repr__(self) -> str:
@@ -249,8 +254,15 @@ def _closed() -> ValueError:
     return ValueError("I/O operation on closed vchan")
 
 
-def server(domain: int, port: int, read_min: int = 65536, write_min: int = 65536, *,
-           allow_any_uid: bool | None = None, backend: str | None = None) -> Vchan:
+def server(
+    domain: int,
+    port: int,
+    read_min: int = 65536,
+    write_min: int = 65536,
+    *,
+    allow_any_uid: bool | None = None,
+    backend: str | None = None,
+) -> Vchan:
     """Listen for the client in ``domain`` on ``port``; returns at once, in WAITING state.
 
     ``backend``: an engine, ``"speedups"`` (compiled) or ``"python"`` (pure Python), or a
@@ -259,22 +271,28 @@ def server(domain: int, port: int, read_min: int = 65536, write_min: int = 65536
     """
     try:
         endpoint = _backend.start_server(
-            domain, port, read_min, write_min, allow_any_uid=allow_any_uid, backend=backend)
+            domain, port, read_min, write_min, allow_any_uid=allow_any_uid, backend=backend
+        )
     except OSError as exc:
         raise from_oserror(exc) from None
     return Vchan(endpoint)
 
 
-def client(domain: int, port: int, timeout: float | None = None, *,
-           allow_any_uid: bool | None = None, backend: str | None = None) -> Vchan:
+def client(
+    domain: int,
+    port: int,
+    timeout: float | None = None,
+    *,
+    allow_any_uid: bool | None = None,
+    backend: str | None = None,
+) -> Vchan:
     """Connect to the server in ``domain`` on ``port``, waiting for it to appear.
 
     ``timeout`` (seconds) bounds the wait: :class:`ConnectTimeout` (a TimeoutError).
     ``backend`` as for :func:`server`.
     """
     try:
-        pending = _backend.start_client(domain, port, allow_any_uid=allow_any_uid,
-                                        backend=backend)
+        pending = _backend.start_client(domain, port, allow_any_uid=allow_any_uid, backend=backend)
         endpoint = _backend.wait_client(pending, timeout)
     except OSError as exc:
         raise from_oserror(exc) from None

@@ -25,12 +25,27 @@ if TYPE_CHECKING:
     from ._engine import EngineChannel as Channel
 
 __all__ = [
-    "VCHAN_CONNECTED", "VCHAN_DISCONNECTED", "VCHAN_WAITING", "API", "for_engine",
-    "last_errno", "libvchan_buffer_space", "libvchan_client_init",
-    "libvchan_client_init_async", "libvchan_client_init_async_finish", "libvchan_close",
-    "libvchan_data_ready", "libvchan_fd_for_select", "libvchan_is_open", "libvchan_read",
-    "libvchan_recv", "libvchan_send", "libvchan_server_init", "libvchan_set_blocking",
-    "libvchan_wait", "libvchan_write",
+    "VCHAN_CONNECTED",
+    "VCHAN_DISCONNECTED",
+    "VCHAN_WAITING",
+    "API",
+    "for_engine",
+    "last_errno",
+    "libvchan_buffer_space",
+    "libvchan_client_init",
+    "libvchan_client_init_async",
+    "libvchan_client_init_async_finish",
+    "libvchan_close",
+    "libvchan_data_ready",
+    "libvchan_fd_for_select",
+    "libvchan_is_open",
+    "libvchan_read",
+    "libvchan_recv",
+    "libvchan_send",
+    "libvchan_server_init",
+    "libvchan_set_blocking",
+    "libvchan_wait",
+    "libvchan_write",
 ]
 
 #: :func:`libvchan_is_open`: the peer closed or died (final).
@@ -114,8 +129,9 @@ def libvchan_client_init_async(domain: int, port: int) -> tuple[Channel, int] | 
 _Class = type["_core.Channel"] | type["_speedups.Channel"]  # vchan._engine.channel_class
 
 
-def _server_init(cls: _Class, domain: int, port: int, read_min: int,
-                 write_min: int) -> Channel | None:
+def _server_init(
+    cls: _Class, domain: int, port: int, read_min: int, write_min: int
+) -> Channel | None:
     return _guard(None, lambda: cls.server(domain, port, read_min, write_min))
 
 
@@ -226,8 +242,9 @@ class API:
     def __repr__(self) -> str:
         return f"<vchan.libvchan API over the {self.engine} engine>"
 
-    def libvchan_server_init(self, domain: int, port: int, read_min: int,
-                             write_min: int) -> Channel | None:
+    def libvchan_server_init(
+        self, domain: int, port: int, read_min: int, write_min: int
+    ) -> Channel | None:
         return _server_init(self._cls, domain, port, read_min, write_min)
 
     def libvchan_client_init(self, domain: int, port: int) -> Channel | None:

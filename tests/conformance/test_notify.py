@@ -683,6 +683,8 @@ def test_must_waiting_server_wait_after_connect_polled_then_is_open(api, sockdir
         assert api.libvchan_is_open(srv) == VCHAN_CONNECTED
     finally:
         c.close()
+
+
 # ---------------------------------------------------------------------------- consumption
 # SPEC §5 (new): the peer's consumption wakes this end only when it asked, by buffer_space()
 # or a short write; a request is one-shot and a wait() does not cancel it.

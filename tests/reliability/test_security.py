@@ -300,9 +300,10 @@ def test_other_uid_server_refused_by_default_eacces(api, sockdir, how):
         else:
             ret = api.libvchan_client_init_async(0, 1)
             if ret is not None:  # may fail at once, or in finish
+
                 def finish():
-                    return api.libvchan_client_init_async_finish(ret[0], True), \
-                        api.last_errno()
+                    return api.libvchan_client_init_async_finish(ret[0], True), api.last_errno()
+
                 assert bounded(finish) == (-1, errno.EACCES)
             else:
                 assert api.last_errno() == errno.EACCES

@@ -34,7 +34,6 @@ async def until(fd: int, step: Callable[[], bool]) -> None:
         loop.remove_reader(fd)
 
 
-
 async def connected_client(
     domain: int, port: int, allow_any_uid: bool | None, backend: str | None
 ) -> Vchan:

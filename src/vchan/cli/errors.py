@@ -18,7 +18,6 @@ class CliError(Exception):
     """A user-facing failure: printed as ``vchan: <message>``, exit status 1."""
 
 
-
 def describe(exc: BaseException, what: str = "") -> str:
     """One line for an exception the library raised."""
     where = f" ({what})" if what else ""

@@ -31,7 +31,6 @@ written out, or our input ended and was delivered); 1 with a one-line message on
 2 for usage errors; 130 on interrupt (SIGINT), 143 on SIGTERM."""
 
 
-
 def _number(kind: str, check: Callable[[int], Any], limits: str, base: int = 10) -> Any:
     """An argparse type: an integer (in ``base``) that ``check`` (from :mod:`vchan._config`)
     accepts; a refusal is ``invalid KIND 'TEXT': must be LIMITS``."""

@@ -112,8 +112,7 @@ class Pump:
         self._flush(self._outbuf)
         if self._inbuf:
             die(
-                f"the peer closed the channel; {len(self._inbuf)} bytes of input were "
-                f"not delivered"
+                f"the peer closed the channel; {len(self._inbuf)} bytes of input were not delivered"
             )
         if self.send and not self.receive and not self._in_eof:
             die("the peer closed the channel before the end of input")
