@@ -18,6 +18,7 @@ import pytest
 
 from tests.c.conftest import run
 from tests.c.test_clib import _exchange
+from tests.conftest import REPO
 from tests.packaging.conftest import PACKAGING_TIMEOUT, RELEASE, env_without, listing
 
 #: What a run in the fresh environment must not inherit from this one.
@@ -38,7 +39,17 @@ C_SOURCES = {
     "speedups/exports.map",
     "libvchan-socket/internal.h",
     "libvchan-socket/libvchan.h",
-    *(f"libvchan-socket/{f}.c" for f in ("util", "init", "io", "notify", "pusher")),
+    "libvchan-socket/Makefile",  # setup.py reads SRCS from it
+    *(
+        f"libvchan-socket/{f}"
+        for f in re.search(
+            r"^SRCS\s*:?=\s*(.+)$",
+            (REPO / "libvchan-socket" / "Makefile").read_text(),
+            re.M,
+        )
+        .group(1)  # type: ignore[union-attr]
+        .split()
+    ),
 }
 WHEELS = {
     "platform": rf"vchan-{re.escape(RELEASE)}-{PY}-{PY}-linux_{ARCH}\.whl",
