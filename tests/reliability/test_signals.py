@@ -56,7 +56,10 @@ class Storm:
         self._stop.set()
         self._ticker.join(5)
         signal.setitimer(signal.ITIMER_REAL, 0, 0)
-        signal.signal(signal.SIGALRM, self._old)
+        # Not SIG_DFL (terminate): an alarm the timer raised just before, still on its way
+        # to another thread, would kill the test process; SIG_IGN also drops it if pending.
+        old = self._old
+        signal.signal(signal.SIGALRM, signal.SIG_IGN if old == signal.SIG_DFL else old)
 
 
 def _writer(api, h, storm: Storm, seed: int, call: str) -> int:
