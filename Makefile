@@ -5,8 +5,8 @@ VPY := $(VENV)/bin/python
 PREFIX ?= /usr/local
 export PREFIX
 
-.PHONY: all lib demo test lint typecheck pytest test-sanitize install bench soak clean \
-	dist deb rpm test-packages docs
+.PHONY: all lib demo test lint typecheck pytest test-sanitize coverage install bench soak \
+	clean dist deb rpm test-packages docs
 
 all: lib
 
@@ -26,6 +26,7 @@ demo:
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests bench docs
+	$(VENV)/bin/ruff format --check src tests bench docs
 
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy
@@ -39,19 +40,36 @@ PYTEST_JOBS ?= $(shell echo $$((2 * $$(nproc 2>/dev/null || echo 1))))
 PYTEST_ARGS ?=
 define two_passes
 	status=0; \
-	$(1) -q -n $(PYTEST_JOBS) -m "not serial" $(PYTEST_ARGS) || status=$$?; \
-	$(1) -q -m serial $(PYTEST_ARGS) || status=$$?; \
+	$(1) -q -n $(PYTEST_JOBS) -m "not serial" $(2) $(PYTEST_ARGS) || status=$$?; \
+	$(1) -q -m serial $(3) $(PYTEST_ARGS) || status=$$?; \
 	exit $$status
 endef
 
+# Python line coverage of src/vchan, measured across both passes (the second appends; their
+# threads included; the processes the tests start, such as the vchan command, are not
+# measured): a table per file, then the total. COV= runs without it.
+COV ?= --cov=vchan --cov-report=
 # The ASan build first: tests in several workers use it, and must not all build it at once.
 pytest: $(VENV)/.installed lib
 	$(MAKE) -C libvchan-socket sanitize
-	$(call two_passes,$(VPY) -m pytest)
+	$(call two_passes,$(VPY) -m pytest,$(COV),$(COV) $(if $(COV),--cov-append))
+	@if [ -n '$(COV)' ]; then $(VPY) -m coverage report; \
+		echo "Python line coverage: $$($(VPY) -m coverage report --format=total)%"; fi
+
+# C line coverage (gcov): libvchan-socket built with --coverage into
+# libvchan-socket/build-cov, the conformance suite run against it (VCHAN_TEST_IMPLS=lib),
+# then the figures per source file. About 35 s. COV_TESTS="tests/conformance tests/reliability"
+# adds the fault tests: two minutes more, and a few points.
+COV_TESTS ?= tests/conformance
+coverage: $(VENV)/.installed
+	$(MAKE) -C libvchan-socket coverage coverage-reset
+	VCHAN_TEST_IMPLS=lib VCHAN_TEST_LIB=$(abspath libvchan-socket/build-cov/libvchan-socket.so) \
+		$(VPY) -m pytest -q -p no:cacheprovider $(COV_TESTS)
+	@$(MAKE) -s -C libvchan-socket coverage-report
 
 # The docs first: a broken reference, a warning or a missing page fails the run early, and
 # tests/test_docs.py then checks the man page it built.
-test: lint typecheck docs pytest test-sanitize
+test: lint typecheck docs pytest test-sanitize coverage
 
 # ASan+UBSan: the C library (over cffi), then the compiled engine (the same sources in the
 # extension, and the extension's own code).
@@ -155,4 +173,4 @@ test-packages: $(VENV)/.dist
 clean:
 	-$(MAKE) -C libvchan-socket clean
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist build-pkg build rpm_spec/*.spec \
-		src/vchan/_speedups*.so
+		src/vchan/_speedups*.so .coverage

@@ -90,8 +90,7 @@ async def _run(a: argparse.Namespace, pat: bytes, unix: bool) -> list[dict[str, 
                 seq, ok, rtt = await _ping_one(reader, writer, server, pat, plen, seq, ok)
                 if rtt is not None:
                     rtts.append(rtt)
-            rep: dict[str, Any] = {"t0": t0, "t1": _now(), "cpu": _cpu() - cpu0,
-                                   "verified": ok}
+            rep: dict[str, Any] = {"t0": t0, "t1": _now(), "cpu": _cpu() - cpu0, "verified": ok}
             if not server:
                 rep["rtt_ns"] = rtts
             reps.append(rep)
@@ -104,8 +103,9 @@ async def _run(a: argparse.Namespace, pat: bytes, unix: bool) -> list[dict[str, 
             pass
 
 
-async def _stream_rep(reader: Any, writer: Any, a: argparse.Namespace, pat: bytes,
-                      plen: int) -> dict[str, Any]:
+async def _stream_rep(
+    reader: Any, writer: Any, a: argparse.Namespace, pat: bytes, plen: int
+) -> dict[str, Any]:
     total, chunk = a.total, a.chunk
     if a.role == "server":
         if await reader.readexactly(1) != b"R":
@@ -118,7 +118,7 @@ async def _stream_rep(reader: Any, writer: Any, a: argparse.Namespace, pat: byte
         while off < total:
             n = min(chunk, total - off)
             o = off % plen
-            write(view[o:o + n])
+            write(view[o : o + n])
             await drain()
             off += n
         if await reader.readexactly(1) != b"D":
@@ -149,10 +149,11 @@ async def _stream_rep(reader: Any, writer: Any, a: argparse.Namespace, pat: byte
     return {"t0": t0, "t1": t1, "cpu": _cpu() - cpu0, "verified": ok}
 
 
-async def _ping_one(reader: Any, writer: Any, server: bool, pat: bytes, plen: int, seq: int,
-                    ok: bool) -> tuple[int, bool, int | None]:
+async def _ping_one(
+    reader: Any, writer: Any, server: bool, pat: bytes, plen: int, seq: int, ok: bool
+) -> tuple[int, bool, int | None]:
     o = (seq * PING) % plen
-    msg = pat[o:o + PING]
+    msg = pat[o : o + PING]
     if server:
         got = await reader.readexactly(PING)
         writer.write(got)
@@ -192,7 +193,7 @@ async def _busy(pairs: int, seconds: float) -> dict[str, Any]:
         try:
             while not stop.is_set():
                 o = off % plen
-                writer.write(view[o:o + 4096])
+                writer.write(view[o : o + 4096])
                 await writer.drain()
                 off += 4096
         finally:
@@ -231,9 +232,16 @@ async def _busy(pairs: int, seconds: float) -> dict[str, Any]:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     moved = [e - s for s, e in zip(start, end, strict=True)]
-    return {"kind": "busy", "pairs": pairs, "seconds": elapsed, "write_size": 4096,
-            "aggregate_mbps": sum(moved) / elapsed / 1e6,
-            "slowest_mbps": min(moved) / elapsed / 1e6,
-            "fastest_mbps": max(moved) / elapsed / 1e6,
-            "slowest_bytes": min(moved), "cpu_s": _cpu() - cpu0,
-            "verified": all(verified), "ok": all(verified) and min(moved) > 0}
+    return {
+        "kind": "busy",
+        "pairs": pairs,
+        "seconds": elapsed,
+        "write_size": 4096,
+        "aggregate_mbps": sum(moved) / elapsed / 1e6,
+        "slowest_mbps": min(moved) / elapsed / 1e6,
+        "fastest_mbps": max(moved) / elapsed / 1e6,
+        "slowest_bytes": min(moved),
+        "cpu_s": _cpu() - cpu0,
+        "verified": all(verified),
+        "ok": all(verified) and min(moved) > 0,
+    }

@@ -99,7 +99,7 @@ def _stream_rep(ch: Any, a: argparse.Namespace, pat: bytes, plen: int) -> dict[s
         while off < total:
             n = min(chunk, total - off)
             o = off % plen
-            if write(view[o:o + n]) != n:
+            if write(view[o : o + n]) != n:
                 raise Fail("short blocking write")
             off += n
         if ch.recv(1) != b"D":
@@ -145,11 +145,12 @@ def _get(ch: Any, sel: bool) -> bytes:
     return data
 
 
-def _ping_one(ch: Any, server: bool, sel: bool, pat: bytes, plen: int, seq: list[int],
-              ok: list[bool]) -> int | None:
+def _ping_one(
+    ch: Any, server: bool, sel: bool, pat: bytes, plen: int, seq: list[int], ok: list[bool]
+) -> int | None:
     o = (seq[0] * PING) % plen
     seq[0] += 1
-    msg = pat[o:o + PING]
+    msg = pat[o : o + PING]
     if server:
         got = _get(ch, sel)
         if got != msg:
@@ -212,8 +213,7 @@ def run_socket(a: argparse.Namespace, pat: bytes) -> list[dict[str, Any]]:
         sock.close()
 
 
-def _sock_stream_rep(sock: Any, a: argparse.Namespace, pat: bytes,
-                     plen: int) -> dict[str, Any]:
+def _sock_stream_rep(sock: Any, a: argparse.Namespace, pat: bytes, plen: int) -> dict[str, Any]:
     total, chunk = a.total, a.chunk
     if a.role == "server":  # the sender
         if sock.recv(1) != b"R":
@@ -226,7 +226,7 @@ def _sock_stream_rep(sock: Any, a: argparse.Namespace, pat: bytes,
         while off < total:
             n = min(chunk, total - off)
             o = off % plen
-            sendall(view[o:o + n])
+            sendall(view[o : o + n])
             off += n
         if sock.recv(1) != b"D":
             raise Fail("bad end byte")
@@ -269,11 +269,12 @@ def _sock_get(sock: Any, poller: Any) -> bytes:
     return data
 
 
-def _sock_ping_one(sock: Any, poller: Any, server: bool, pat: bytes, plen: int,
-                   seq: list[int], ok: list[bool]) -> int | None:
+def _sock_ping_one(
+    sock: Any, poller: Any, server: bool, pat: bytes, plen: int, seq: list[int], ok: list[bool]
+) -> int | None:
     o = (seq[0] * PING) % plen
     seq[0] += 1
-    msg = pat[o:o + PING]
+    msg = pat[o : o + PING]
     if server:
         got = _sock_get(sock, poller)
         if got != msg:
@@ -300,8 +301,9 @@ def run_asyncio(a: argparse.Namespace, pat: bytes) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.pydriver")
-    p.add_argument("--api", choices=["blocking", "asyncio", "socket", "aiounix"],
-                   default="blocking")
+    p.add_argument(
+        "--api", choices=["blocking", "asyncio", "socket", "aiounix"], default="blocking"
+    )
     p.add_argument("--role", choices=["server", "client"], required=True)
     p.add_argument("--case", choices=["stream", "ping", "pingsel"], required=True)
     p.add_argument("--pattern", required=True)
@@ -324,8 +326,12 @@ def main(argv: list[str] | None = None) -> int:
     pat = load_pattern(a.pattern)
     out: dict[str, Any] = {"ok": True, "role": a.role}
     try:
-        run = {"blocking": run_blocking, "asyncio": run_asyncio, "socket": run_socket,
-               "aiounix": run_asyncio}[a.api]
+        run = {
+            "blocking": run_blocking,
+            "asyncio": run_asyncio,
+            "socket": run_socket,
+            "aiounix": run_asyncio,
+        }[a.api]
         out["reps"] = run(a, pat)
     except Exception as exc:  # reported to the orchestrator, which fails the case
         out = {"ok": False, "role": a.role, "reps": [], "error": f"{type(exc).__name__}: {exc}"}

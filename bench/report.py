@@ -28,8 +28,9 @@ def _get(result: dict[str, Any], impl: str, case: str, key: str) -> float | None
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
 
-def ratio(result: dict[str, Any], impl: str, case: str, key: str,
-          base: str = "raw") -> float | None:
+def ratio(
+    result: dict[str, Any], impl: str, case: str, key: str, base: str = "raw"
+) -> float | None:
     """``impl``'s figure over ``base``'s (another column, e.g. its anchor), same run."""
     v, b = _get(result, impl, case, key), _get(result, base, case, key)
     if v is None or not b:
@@ -71,10 +72,13 @@ TARGETS: list[tuple[int, str, str, str, str, float | None, str]] = [
     (15, "pyasyncx", "pingsel", "median_us", "<=", 1.2, "anchor"),
 ]
 
-_CASE_WORDS = {"stream-64b": "stream 64 B throughput", "stream-4kib": "stream 4 KiB throughput",
-               "stream-64kib": "stream 64 KiB throughput",
-               "ping": "blocking round trip (median)",
-               "pingsel": "select-driven round trip (median)"}
+_CASE_WORDS = {
+    "stream-64b": "stream 64 B throughput",
+    "stream-4kib": "stream 4 KiB throughput",
+    "stream-64kib": "stream 64 KiB throughput",
+    "ping": "blocking round trip (median)",
+    "pingsel": "select-driven round trip (median)",
+}
 
 
 def _what(case: str, key: str) -> str:
@@ -91,13 +95,24 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         r = ratio(result, impl, case, key, b)
         against = "raw" if b == "raw" else labels.get(b, b)
-        t: dict[str, Any] = {"issue": issue, "impl": impl, "case": case, "figure": key,
-                             "base": b, "ratio": r, "limit": limit}
+        t: dict[str, Any] = {
+            "issue": issue,
+            "impl": impl,
+            "case": case,
+            "figure": key,
+            "base": b,
+            "ratio": r,
+            "limit": limit,
+        }
         if limit is None:  # reported, not checked
             a = anchor(result, impl)
             v = _get(result, impl, case, key)
-            t.update(ok=None, info=True, value=v,
-                     anchor_ratio=ratio(result, impl, case, key, a) if a else None)
+            t.update(
+                ok=None,
+                info=True,
+                value=v,
+                anchor_ratio=ratio(result, impl, case, key, a) if a else None,
+            )
             t["name"] = f"{labels.get(impl, impl)}: {_what(case, key)}"
             out.append(t)
             continue
@@ -112,14 +127,26 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         if s.get("kind") == "idle":
             ok = bool(s.get("ok")) and s["fds_per_channel"] <= 2 and s["threads_added"] == 0
-            out.append({"issue": 5, "name": f"scale {name}: {s['channels']} idle channels, "
-                                            "<= 2 fds and no thread each", "ok": ok,
-                        "fds_per_channel": s["fds_per_channel"],
-                        "threads_added": s["threads_added"]})
+            out.append(
+                {
+                    "issue": 5,
+                    "name": f"scale {name}: {s['channels']} idle channels, "
+                    "<= 2 fds and no thread each",
+                    "ok": ok,
+                    "fds_per_channel": s["fds_per_channel"],
+                    "threads_added": s["threads_added"],
+                }
+            )
         else:
             ok = bool(s.get("ok")) and s.get("slowest_bytes", 0) > 0
-            out.append({"issue": 5, "name": f"scale {name}: {s.get('pairs')} busy pairs in one "
-                                            "loop all make progress", "ok": ok})
+            out.append(
+                {
+                    "issue": 5,
+                    "name": f"scale {name}: {s.get('pairs')} busy pairs in one "
+                    "loop all make progress",
+                    "ok": ok,
+                }
+            )
     return out
 
 
@@ -153,13 +180,19 @@ def _head(labels: list[str]) -> list[str]:
     wrapped = [textwrap.wrap(label, CELL - 1)[:2] or [""] for label in labels]
     lines = []
     for i in range(max(len(w) for w in wrapped)):
-        lines.append(f"{'':{TITLE}}" + "".join(
-            f"{(w[i] if i < len(w) else ''):>{CELL}}" for w in wrapped))
+        lines.append(
+            f"{'':{TITLE}}" + "".join(f"{(w[i] if i < len(w) else ''):>{CELL}}" for w in wrapped)
+        )
     return lines
 
 
-def _grid(result: dict[str, Any], cases: list[Case], impls: list[str],
-          base: Callable[[str], str | None], raw_cell: Callable[[str], bool]) -> list[str]:
+def _grid(
+    result: dict[str, Any],
+    cases: list[Case],
+    impls: list[str],
+    base: Callable[[str], str | None],
+    raw_cell: Callable[[str], bool],
+) -> list[str]:
     """Figures of ``impls``: each cell ``value (ratio to base(impl))``, or just the value for
     the columns where raw_cell(impl) holds (the baseline itself)."""
     labels = [result["implementations"][k]["label"] for k in impls]
@@ -177,16 +210,19 @@ def _grid(result: dict[str, Any], cases: list[Case], impls: list[str],
                 cells.append("-")
             else:
                 r = ratio(result, k, case, key, b) if b else None
-                cells.append(_fmt(v, digits) if raw_cell(k) or r is None
-                             else f"{_fmt(v, digits)} ({r:.2f}x)")
+                cells.append(
+                    _fmt(v, digits) if raw_cell(k) or r is None else f"{_fmt(v, digits)} ({r:.2f}x)"
+                )
         rows.append(f"{title:{TITLE}}" + "".join(f"{c:>{CELL}}" for c in cells))
     return rows
 
 
 def _anchor_grid(result: dict[str, Any], cases: list[Case], impls: list[str]) -> list[str]:
     names = result["implementations"]
-    rows = ["anchors: " + "; ".join(f"{names[k]['label']} / {names[names[k]['anchor']]['label']}"
-                                    for k in impls)]
+    rows = [
+        "anchors: "
+        + "; ".join(f"{names[k]['label']} / {names[names[k]['anchor']]['label']}" for k in impls)
+    ]
     rows += _head([names[k]["label"] for k in impls])
     rows.append("-" * (TITLE + CELL * len(impls)))
     for title, case, key, _digits in _rows(cases):
@@ -194,8 +230,13 @@ def _anchor_grid(result: dict[str, Any], cases: list[Case], impls: list[str]) ->
         for k in impls:
             r = ratio(result, k, case, key, names[k]["anchor"])
             d = result["results"].get(k, {}).get(case)
-            cells.append("FAILED" if d is not None and not d.get("verified")
-                         else "-" if r is None else f"{r:.2f}x")
+            cells.append(
+                "FAILED"
+                if d is not None and not d.get("verified")
+                else "-"
+                if r is None
+                else f"{r:.2f}x"
+            )
         rows.append(f"{title:{TITLE}}" + "".join(f"{c:>{CELL}}" for c in cells))
     return rows
 
@@ -208,17 +249,25 @@ def table(result: dict[str, Any], cases: list[Case]) -> str:
     anchored = [k for k in python if info[k].get("anchor") in impls]
     rows: list[str] = []
     m = result["machine"]
-    rows.append(f"vchan bench, {result['started']} ({result['mode']}), {result['pinning']}, "
-                f"median of {result['config']['reps']} repetition(s)")
-    rows.append(f"machine: {m.get('cpu')}, {m.get('cpus')} CPUs, Linux {m.get('kernel')}, "
-                f"Python {m.get('python')}")
+    rows.append(
+        f"vchan bench, {result['started']} ({result['mode']}), {result['pinning']}, "
+        f"median of {result['config']['reps']} repetition(s)"
+    )
+    rows.append(
+        f"machine: {m.get('cpu')}, {m.get('cpus')} CPUs, Linux {m.get('kernel')}, "
+        f"Python {m.get('python')}"
+    )
     other = result.get("other_load_cpus")
     if other is not None:
-        rows.append(f"other work on the machine meanwhile: {other:.2f} CPUs on average "
-                    f"(load average {result['loadavg']['before'][0]:.2f} before)")
+        rows.append(
+            f"other work on the machine meanwhile: {other:.2f} CPUs on average "
+            f"(load average {result['loadavg']['before'][0]:.2f} before)"
+        )
         if other > 0.25:
-            rows.append("WARNING: other work was running on this machine; figures (and even "
-                        "ratios) are unreliable")
+            rows.append(
+                "WARNING: other work was running on this machine; figures (and even "
+                "ratios) are unreliable"
+            )
     rows.append("each cell: value (ratio to the raw socket); throughput in GB/s (1e9 B/s)")
     rows.append("")
 
@@ -229,12 +278,15 @@ def table(result: dict[str, Any], cases: list[Case]) -> str:
     if python:
         rows.append("")
         rows.append("Python columns, value (ratio to the raw socket):")
-        rows += _grid(result, cases, ["raw", *python] if "raw" in impls else python,
-                      lambda k: "raw", is_raw)
+        rows += _grid(
+            result, cases, ["raw", *python] if "raw" in impls else python, lambda k: "raw", is_raw
+        )
     if anchored:
         rows.append("")
-        rows.append("Python columns vs their anchors (ratio to the anchor's figure, same run; "
-                    "throughput: higher is better, the rest lower):")
+        rows.append(
+            "Python columns vs their anchors (ratio to the anchor's figure, same run; "
+            "throughput: higher is better, the rest lower):"
+        )
         rows += _anchor_grid(result, cases, anchored)
     scale = result.get("scale", {})
     if scale:
@@ -245,17 +297,21 @@ def table(result: dict[str, Any], cases: list[Case]) -> str:
                 rows.append(f"  {name}: skipped ({s['skipped']})")
             elif s.get("kind") == "idle":
                 failed = "" if s.get("ok") else " FAILED: " + s.get("error", "")
-                rows.append(f"  {name}: {s['channels']} idle open channels: "
-                            f"{s['fds_per_channel']:.2f} fds per channel and "
-                            f"{s['threads_added']} threads added in all{failed}")
+                rows.append(
+                    f"  {name}: {s['channels']} idle open channels: "
+                    f"{s['fds_per_channel']:.2f} fds per channel and "
+                    f"{s['threads_added']} threads added in all{failed}"
+                )
             else:
                 if not s.get("ok"):
                     rows.append(f"  {name}: FAILED: {s.get('error', '')}")
                     continue
-                rows.append(f"  {name}: {s['pairs']} busy pairs in one asyncio loop for "
-                            f"{s['seconds']:.1f} s: aggregate {s['aggregate_mbps']:.1f} MB/s, "
-                            f"slowest pair {s['slowest_mbps']:.2f} MB/s, fastest "
-                            f"{s['fastest_mbps']:.2f} MB/s, all verified: {s['verified']}")
+                rows.append(
+                    f"  {name}: {s['pairs']} busy pairs in one asyncio loop for "
+                    f"{s['seconds']:.1f} s: aggregate {s['aggregate_mbps']:.1f} MB/s, "
+                    f"slowest pair {s['slowest_mbps']:.2f} MB/s, fastest "
+                    f"{s['fastest_mbps']:.2f} MB/s, all verified: {s['verified']}"
+                )
     rows.append("")
     rows.append("targets (ratio to raw, or to the anchor; scale: issue 5):")
     for t in result.get("targets", []):
@@ -292,8 +348,15 @@ def chart(result: dict[str, Any], cases: list[Case], path: Path) -> str:
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     w = 0.8 / max(1, len(impls))
 
-    def bars(ax: Any, groups: list[Case], key: str, title: str, ylabel: str,
-             log: bool, higher_better: bool) -> None:
+    def bars(
+        ax: Any,
+        groups: list[Case],
+        key: str,
+        title: str,
+        ylabel: str,
+        log: bool,
+        higher_better: bool,
+    ) -> None:
         for j, k in enumerate(impls):
             xs, ys, rs = [], [], []
             for g, c in enumerate(groups):
@@ -304,27 +367,36 @@ def chart(result: dict[str, Any], cases: list[Case], path: Path) -> str:
                     rs.append(ratio(result, k, c.key, key))
             b = ax.bar(xs, ys, w, label=labels[j], color=colors[j % len(colors)])
             if k != "raw":
-                ax.bar_label(b, labels=[f"{r:.2f}x" if r is not None else "" for r in rs],
-                             fontsize=7, rotation=90, padding=2)
+                ax.bar_label(
+                    b,
+                    labels=[f"{r:.2f}x" if r is not None else "" for r in rs],
+                    fontsize=7,
+                    rotation=90,
+                    padding=2,
+                )
         ax.set_xticks(range(len(groups)))
         ax.set_xticklabels([c.label.replace("ping-pong, ", "") for c in groups])
-        ax.set_title(title + (" (higher is better)" if higher_better
-                              else " (lower is better)"), fontsize=10)
+        ax.set_title(
+            title + (" (higher is better)" if higher_better else " (lower is better)"), fontsize=10
+        )
         ax.set_ylabel(ylabel)
         if log:
             ax.set_yscale("log")
         ax.margins(y=0.25)
 
     bars(axes[0], streams, "gbps", "stream throughput, ring 64 KiB", "GB/s", True, True)
-    bars(axes[1], streams, "cpu_s_per_gib", "CPU per GiB, both processes", "CPU s / GiB",
-         True, False)
+    bars(
+        axes[1], streams, "cpu_s_per_gib", "CPU per GiB, both processes", "CPU s / GiB", True, False
+    )
     bars(axes[2], pings, "median_us", "64-byte round trip, median", "µs", False, False)
     handles, names = axes[0].get_legend_handles_labels()
     fig.legend(handles, names, loc="lower center", ncol=min(len(names), 9), fontsize=9)
     m = result["machine"]
-    fig.suptitle(f"vchan bench {result['started']}: {m.get('cpu')}, {m.get('cpus')} CPUs, "
-                 f"Linux {m.get('kernel')}; {result['pinning']}; labels: ratio to raw",
-                 fontsize=10)
+    fig.suptitle(
+        f"vchan bench {result['started']}: {m.get('cpu')}, {m.get('cpus')} CPUs, "
+        f"Linux {m.get('kernel')}; {result['pinning']}; labels: ratio to raw",
+        fontsize=10,
+    )
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -52,10 +52,12 @@ class Sizes:
     reps: int
 
 
-FULL = Sizes(totals={64: 16 * MIB, 4 * KIB: 256 * MIB, 64 * KIB: 1 * GIB},
-             count=10000, warmup=1000, reps=5)
-SMOKE = Sizes(totals={64: 256 * KIB, 4 * KIB: 4 * MIB, 64 * KIB: 16 * MIB},
-              count=300, warmup=30, reps=1)
+FULL = Sizes(
+    totals={64: 16 * MIB, 4 * KIB: 256 * MIB, 64 * KIB: 1 * GIB}, count=10000, warmup=1000, reps=5
+)
+SMOKE = Sizes(
+    totals={64: 256 * KIB, 4 * KIB: 4 * MIB, 64 * KIB: 16 * MIB}, count=300, warmup=30, reps=1
+)
 
 
 @dataclass
@@ -92,8 +94,9 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
-CASES = [Case(f"stream-{_size(c).replace(' ', '').lower()}", "stream", c)
-         for c in STREAM_CHUNKS] + [Case(k, k) for k in PING_CASES]
+CASES = [
+    Case(f"stream-{_size(c).replace(' ', '').lower()}", "stream", c) for c in STREAM_CHUNKS
+] + [Case(k, k) for k in PING_CASES]
 
 
 @dataclass
@@ -113,8 +116,9 @@ class Outcome:
 
 
 def build_driver() -> None:
-    proc = subprocess.run(["make", "-s", "-C", str(BENCH / "c")], capture_output=True, text=True,
-                          check=False)
+    proc = subprocess.run(
+        ["make", "-s", "-C", str(BENCH / "c")], capture_output=True, text=True, check=False
+    )
     if proc.returncode != 0 or not VBENCH.exists():
         raise SystemExit(f"building the C driver failed:\n{proc.stdout}{proc.stderr}")
 
@@ -132,8 +136,13 @@ def find_clib() -> tuple[str | None, str | None]:
 
 def importable(module: str) -> str | None:
     """None if ``module`` can be imported (in a child, like the drivers), else why not."""
-    proc = subprocess.run([sys.executable, "-c", f"import {module}"], env=_py_env({}),
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", f"import {module}"],
+        env=_py_env({}),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if proc.returncode == 0:
         return None
     last = (proc.stderr.strip().splitlines() or ["import failed"])[-1]
@@ -169,12 +178,30 @@ class CaseRunner:
 
     def _argv(self, impl: Impl, role: str, case: Case, fd: int | None) -> list[str]:
         s = self.sizes
-        common = ["--role", role, "--case", case.kind, "--pattern", self.pattern,
-                  "--ring", str(RING), "--reps", "1", "--count", str(s.count)]
+        common = [
+            "--role",
+            role,
+            "--case",
+            case.kind,
+            "--pattern",
+            self.pattern,
+            "--ring",
+            str(RING),
+            "--reps",
+            "1",
+            "--count",
+            str(s.count),
+        ]
         if case.kind == "stream":
             total = s.totals[case.chunk]
-            common += ["--chunk", str(case.chunk), "--total", str(total),
-                       "--warmup", str(max(case.chunk, total // 8))]
+            common += [
+                "--chunk",
+                str(case.chunk),
+                "--total",
+                str(total),
+                "--warmup",
+                str(max(case.chunk, total // 8)),
+            ]
         else:
             common += ["--warmup", str(s.warmup)]
         dom = ["--domain", "1" if role == "server" else "0", "--port", str(self.port)]
@@ -196,18 +223,31 @@ class CaseRunner:
         api = "asyncio" if impl.kind == "pyasync" else "blocking"
         return [*py, "--api", api, *dom]
 
-    def _spawn(self, argv: list[str], role: str, cpus: set[int] | None, out: str,
-               fds: tuple[int, ...], extra: dict[str, str]) -> subprocess.Popen[bytes]:
-        env = _py_env({"VCHAN_SOCKET_DIR": self.workdir,
-                       "VCHAN_DOMAIN": "0" if role == "server" else "1", **extra})
+    def _spawn(
+        self,
+        argv: list[str],
+        role: str,
+        cpus: set[int] | None,
+        out: str,
+        fds: tuple[int, ...],
+        extra: dict[str, str],
+    ) -> subprocess.Popen[bytes]:
+        env = _py_env(
+            {
+                "VCHAN_SOCKET_DIR": self.workdir,
+                "VCHAN_DOMAIN": "0" if role == "server" else "1",
+                **extra,
+            }
+        )
 
         def pin() -> None:
             if cpus:
                 os.sched_setaffinity(0, cpus)
 
         with open(out, "wb") as f, open(out + ".err", "wb") as ferr:
-            return subprocess.Popen(argv, stdout=f, stderr=ferr, env=env, cwd=REPO,
-                                    pass_fds=fds, preexec_fn=pin)
+            return subprocess.Popen(
+                argv, stdout=f, stderr=ferr, env=env, cwd=REPO, pass_fds=fds, preexec_fn=pin
+            )
 
     def run(self, impl: Impl, case: Case) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
         """One repetition in a fresh pair of processes: (reports, facts)."""
@@ -221,9 +261,14 @@ class CaseRunner:
             for i, role in enumerate(("server", "client")):
                 fd = fds[i].fileno() if fds else None
                 cpus = self.pinning.server if role == "server" else self.pinning.client
-                procs[role] = self._spawn(self._argv(impl, role, case, fd), role, cpus,
-                                          outs[role], (fd,) if fd is not None else (),
-                                          impl.env)
+                procs[role] = self._spawn(
+                    self._argv(impl, role, case, fd),
+                    role,
+                    cpus,
+                    outs[role],
+                    (fd,) if fd is not None else (),
+                    impl.env,
+                )
         finally:
             for s in fds:
                 s.close()
@@ -278,22 +323,28 @@ def _pct(xs: list[int], q: float) -> float:
 def summarize(case: Case, sizes: Sizes, reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
     srv, cli = reports["server"].get("reps", []), reports["client"].get("reps", [])
     n = min(len(srv), len(cli))
-    verified = n == sizes.reps and all(srv[i]["verified"] and cli[i]["verified"]
-                                       for i in range(n))
+    verified = n == sizes.reps and all(srv[i]["verified"] and cli[i]["verified"] for i in range(n))
     out: dict[str, Any] = {"verified": verified, "reps": n}
     cpus = [srv[i]["cpu"] + cli[i]["cpu"] for i in range(n)]
     if case.kind == "stream":
         total = sizes.totals[case.chunk]
         rates = [total / ((cli[i]["t1"] - srv[i]["t0"]) / 1e9) for i in range(n)]
-        out.update(bytes=total, chunk=case.chunk, gbps=_median(rates) / 1e9,
-                   gbps_reps=[r / 1e9 for r in rates],
-                   cpu_s_per_gib=_median([c / (total / GIB) for c in cpus]))
+        out.update(
+            bytes=total,
+            chunk=case.chunk,
+            gbps=_median(rates) / 1e9,
+            gbps_reps=[r / 1e9 for r in rates],
+            cpu_s_per_gib=_median([c / (total / GIB) for c in cpus]),
+        )
     else:
         rtts: list[int] = [x for i in range(n) for x in cli[i].get("rtt_ns", [])]
-        out.update(count=len(rtts), median_us=_pct(rtts, 0.5) / 1e3,
-                   p99_us=_pct(rtts, 0.99) / 1e3,
-                   rep_median_us=[_pct(cli[i].get("rtt_ns", []), 0.5) / 1e3 for i in range(n)],
-                   cpu_us_per_rtt=_median([c / sizes.count * 1e6 for c in cpus]))
+        out.update(
+            count=len(rtts),
+            median_us=_pct(rtts, 0.5) / 1e3,
+            p99_us=_pct(rtts, 0.99) / 1e3,
+            rep_median_us=[_pct(cli[i].get("rtt_ns", []), 0.5) / 1e3 for i in range(n)],
+            cpu_us_per_rtt=_median([c / sizes.count * 1e6 for c in cpus]),
+        )
     return out
 
 
@@ -311,8 +362,10 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     info: dict[str, Any] = {
-        "cpu": model or platform.processor(), "cpus": os.cpu_count(),
-        "kernel": platform.release(), "python": platform.python_version(),
+        "cpu": model or platform.processor(),
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
         "hostname_hash": hash(platform.node()) & 0xFFFF,
     }
     try:
@@ -354,8 +407,9 @@ def pinning(split: bool, cpu: int | None, no_pin: bool) -> Pinning:
     if split:
         if len(avail) < 2:
             raise SystemExit("--split needs two CPUs")
-        return Pinning({avail[0]}, {avail[1]},
-                       f"split: server on CPU {avail[0]}, client on CPU {avail[1]}")
+        return Pinning(
+            {avail[0]}, {avail[1]}, f"split: server on CPU {avail[0]}, client on CPU {avail[1]}"
+        )
     c = avail[-1] if cpu is None else cpu
     return Pinning({c}, {c}, f"both ends pinned to CPU {c}")
 
@@ -367,23 +421,37 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m bench",
         description="vchan benchmarks: raw AF_UNIX socket vs our C library vs our Python "
-                    "code, and the Python columns vs plain Python over a socket")
-    p.add_argument("--smoke", action="store_true",
-                   help="tiny sizes, one repetition: checks that every case runs and verifies")
-    p.add_argument("--lib", action="append", default=[], metavar="PATH",
-                   help="also measure this libvchan .so (repeatable)")
+        "code, and the Python columns vs plain Python over a socket",
+    )
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny sizes, one repetition: checks that every case runs and verifies",
+    )
+    p.add_argument(
+        "--lib",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="also measure this libvchan .so (repeatable)",
+    )
     p.add_argument("--split", action="store_true", help="server and client on two CPUs")
     p.add_argument("--no-pin", action="store_true", help="let the scheduler place them")
     p.add_argument("--cpu", type=int, help="the CPU to pin both ends to (default: the last)")
     p.add_argument("--reps", type=int, help="repetitions per case (default 5; smoke 1)")
-    p.add_argument("--only", help="comma list of implementations: " + ",".join(KEYS)
-                   + ",lib1,... (raw and the anchors of the Python ones always run)")
+    p.add_argument(
+        "--only",
+        help="comma list of implementations: "
+        + ",".join(KEYS)
+        + ",lib1,... (raw and the anchors of the Python ones always run)",
+    )
     p.add_argument("--cases", help="comma list of cases: " + ",".join(c.key for c in CASES))
     p.add_argument("--no-scale", action="store_true", help="skip the scale checks")
     p.add_argument("--out", default=str(RESULTS), help="results directory")
     p.add_argument("--no-chart", action="store_true")
-    p.add_argument("--check-targets", action="store_true",
-                   help="exit with status 3 if a target is missed")
+    p.add_argument(
+        "--check-targets", action="store_true", help="exit with status 3 if a target is missed"
+    )
     p.add_argument("--timeout", type=float, default=300.0, help="per case, seconds")
     return p.parse_args(argv)
 
@@ -399,37 +467,70 @@ def implementations(args: argparse.Namespace) -> list[Impl]:
     clib, why = find_clib()
     cffi = importable("cffi")
     speedups = importable("vchan._speedups")
-    impls = [Impl("raw", "raw socket", "raw"),
-             # diagnostic: the raw socket with an epoll fd registered on it the way the
-             # libraries now do (DESIGN.md, SPEC §5: edge-triggered IN|RDHUP, no OUT),
-             # the select-driven floor of the notification design
-             Impl("rawep", "raw+epoll", "raw"),
-             Impl("c", "C library", "lib", clib, why)]
+    impls = [
+        Impl("raw", "raw socket", "raw"),
+        # diagnostic: the raw socket with an epoll fd registered on it the way the
+        # libraries now do (DESIGN.md, SPEC §5: edge-triggered IN|RDHUP, no OUT),
+        # the select-driven floor of the notification design
+        Impl("rawep", "raw+epoll", "raw"),
+        Impl("c", "C library", "lib", clib, why),
+    ]
     for i, path in enumerate(args.lib, 1):
         p = Path(path).absolute()
-        impls.append(Impl(f"lib{i}", p.name, "lib", str(p),
-                          None if p.exists() else f"{path} does not exist"))
+        impls.append(
+            Impl(f"lib{i}", p.name, "lib", str(p), None if p.exists() else f"{path} does not exist")
+        )
     impls += [
         # the Python columns, each next to its anchor: the same program over a plain socket
         Impl("pysock", "plain Python socket", "pysock", group="python"),
         Impl("py", "pure Python", "py", group="python", anchor="pysock"),
-        Impl("pyx", "compiled engine", "py", skip=speedups, group="python", anchor="pysock",
-             env=SPEEDUPS_ENV),
-        Impl("pyc", "Python over the C library", "pylib", clib, why or cffi, group="python",
-             anchor="pysock"),
+        Impl(
+            "pyx",
+            "compiled engine",
+            "py",
+            skip=speedups,
+            group="python",
+            anchor="pysock",
+            env=SPEEDUPS_ENV,
+        ),
+        Impl(
+            "pyc",
+            "Python over the C library",
+            "pylib",
+            clib,
+            why or cffi,
+            group="python",
+            anchor="pysock",
+        ),
         Impl("aiounix", "asyncio Unix streams", "aiounix", cases=ASYNC_CASES, group="python"),
-        Impl("pyasync", "vchan.asyncio", "pyasync", skip=importable("vchan.asyncio"),
-             cases=ASYNC_CASES, group="python", anchor="aiounix"),
-        Impl("pyasyncx", "vchan.asyncio, compiled", "pyasync",
-             skip=importable("vchan.asyncio") or speedups, cases=ASYNC_CASES, group="python",
-             anchor="aiounix", env=SPEEDUPS_ENV),
+        Impl(
+            "pyasync",
+            "vchan.asyncio",
+            "pyasync",
+            skip=importable("vchan.asyncio"),
+            cases=ASYNC_CASES,
+            group="python",
+            anchor="aiounix",
+        ),
+        Impl(
+            "pyasyncx",
+            "vchan.asyncio, compiled",
+            "pyasync",
+            skip=importable("vchan.asyncio") or speedups,
+            cases=ASYNC_CASES,
+            group="python",
+            anchor="aiounix",
+            env=SPEEDUPS_ENV,
+        ),
     ]
     if args.only:
         keep = {k.strip() for k in args.only.split(",")} | {"raw"}
         unknown = keep - {i.key for i in impls}
         if unknown:
-            raise SystemExit(f"--only: unknown implementation(s) {', '.join(sorted(unknown))}; "
-                             f"known: {', '.join(i.key for i in impls)}")
+            raise SystemExit(
+                f"--only: unknown implementation(s) {', '.join(sorted(unknown))}; "
+                f"known: {', '.join(i.key for i in impls)}"
+            )
         keep |= {i.anchor for i in impls if i.key in keep and i.anchor}
         impls = [i for i in impls if i.key in keep]
     return impls
@@ -457,17 +558,32 @@ def main(argv: list[str] | None = None) -> int:
         "mode": "smoke" if args.smoke else "full",
         "machine": machine(),
         "pinning": pin.text,
-        "config": {"ring": RING, "reps": sizes.reps, "ping_count": sizes.count,
-                   "ping_warmup": sizes.warmup, "ping_size": 64,
-                   "stream_totals": {str(k): v for k, v in sizes.totals.items()}},
-        "implementations": {i.key: {"label": i.label, "kind": i.kind, "lib": i.lib,
-                                    "skipped": i.skip, "group": i.group, "anchor": i.anchor,
-                                    "cases": [c.key for c in cases if c.kind in i.cases]}
-                            for i in impls},
+        "config": {
+            "ring": RING,
+            "reps": sizes.reps,
+            "ping_count": sizes.count,
+            "ping_warmup": sizes.warmup,
+            "ping_size": 64,
+            "stream_totals": {str(k): v for k, v in sizes.totals.items()},
+        },
+        "implementations": {
+            i.key: {
+                "label": i.label,
+                "kind": i.kind,
+                "lib": i.lib,
+                "skipped": i.skip,
+                "group": i.group,
+                "anchor": i.anchor,
+                "cases": [c.key for c in cases if c.kind in i.cases],
+            }
+            for i in impls
+        },
         "results": {i.key: {} for i in impls},
     }
-    print(f"vchan bench ({result['mode']}): {pin.text}; {sizes.reps} repetition(s), medians",
-          file=sys.stderr)
+    print(
+        f"vchan bench ({result['mode']}): {pin.text}; {sizes.reps} repetition(s), medians",
+        file=sys.stderr,
+    )
     for i in impls:
         if i.skip:
             print(f"  skipping {i.label}: {i.skip}", file=sys.stderr)
@@ -479,10 +595,11 @@ def main(argv: list[str] | None = None) -> int:
         for case in cases:
             todo = [i for i in impls if not i.skip and case.kind in i.cases]
             merged: dict[str, dict[str, dict[str, Any]]] = {
-                i.key: {r: {"ok": True, "reps": []} for r in ("server", "client")}
-                for i in todo}
-            facts: dict[str, dict[str, Any]] = {i.key: {"cpu_total_s": [], "errors": [],
-                                                        "wall_s": 0.0} for i in todo}
+                i.key: {r: {"ok": True, "reps": []} for r in ("server", "client")} for i in todo
+            }
+            facts: dict[str, dict[str, Any]] = {
+                i.key: {"cpu_total_s": [], "errors": [], "wall_s": 0.0} for i in todo
+            }
             for _ in range(sizes.reps):
                 for impl in todo:
                     if facts[impl.key]["errors"]:
@@ -499,16 +616,19 @@ def main(argv: list[str] | None = None) -> int:
                 data["cpu_total_s"] = facts[impl.key]["cpu_total_s"]
                 if facts[impl.key]["errors"]:
                     data["errors"] = facts[impl.key]["errors"]
-                outcome = Outcome(not facts[impl.key]["errors"] and data["verified"] is True,
-                                  data)
+                outcome = Outcome(not facts[impl.key]["errors"] and data["verified"] is True, data)
                 result["results"][impl.key][case.key] = outcome.data
                 status = "ok" if outcome.ok else "FAILED"
-                print(f"  {case.label:26} {impl.label:26} {status} "
-                      f"({facts[impl.key]['wall_s']:.1f} s) {report.brief(case, outcome.data)}",
-                      file=sys.stderr)
+                print(
+                    f"  {case.label:26} {impl.label:26} {status} "
+                    f"({facts[impl.key]['wall_s']:.1f} s) {report.brief(case, outcome.data)}",
+                    file=sys.stderr,
+                )
                 if not outcome.ok:
-                    failures.append(f"{impl.label} / {case.label}: "
-                                    f"{outcome.data.get('errors') or 'not verified'}")
+                    failures.append(
+                        f"{impl.label} / {case.label}: "
+                        f"{outcome.data.get('errors') or 'not verified'}"
+                    )
     if not args.no_scale:
         result["scale"] = scale.run_all(impls, smoke=args.smoke, env=_py_env({}))
         for name, s in result["scale"].items():

@@ -80,10 +80,18 @@ def idle(impl: str, lib: str | None, pairs: int) -> dict[str, Any]:
     time.sleep(0.2)  # let any helper thread that would exit do so
     fds1, tasks1, py1 = _fds(), _tasks(), threading.active_count()
     channels = 2 * pairs
-    out = {"kind": "idle", "impl": impl, "pairs": pairs, "channels": channels,
-           "fds_added": fds1 - fds0, "fds_per_channel": (fds1 - fds0) / channels,
-           "threads_added": max(tasks1 - tasks0, py1 - py0), "verified": verified,
-           "setup_s": elapsed, "ok": verified}
+    out = {
+        "kind": "idle",
+        "impl": impl,
+        "pairs": pairs,
+        "channels": channels,
+        "fds_added": fds1 - fds0,
+        "fds_per_channel": (fds1 - fds0) / channels,
+        "threads_added": max(tasks1 - tasks0, py1 - py0),
+        "verified": verified,
+        "setup_s": elapsed,
+        "ok": verified,
+    }
     for s, c in keep:
         if impl == "py":
             s.close()
@@ -122,8 +130,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(argv: list[str], env: dict[str, str], timeout: float) -> dict[str, Any]:
     try:
-        proc = subprocess.run([sys.executable, "-m", "bench.scale", *argv], env=env,
-                              capture_output=True, text=True, timeout=timeout, check=False)
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.scale", *argv],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         return {"ok": False, "error": f"timed out after {timeout:.0f} s"}
     try:
@@ -145,16 +159,24 @@ def run_all(impls: list[Any], smoke: bool, env: dict[str, str]) -> dict[str, dic
             out[name] = {"skipped": impl.skip}
             continue
         if impl.kind == "pyasync":
-            argv = ["busy", "--pairs", "10" if smoke else "100",
-                    "--seconds", "0.5" if smoke else "3"]
+            argv = [
+                "busy",
+                "--pairs",
+                "10" if smoke else "100",
+                "--seconds",
+                "0.5" if smoke else "3",
+            ]
         elif impl.kind == "py":
             argv = ["idle", "--impl", "py", "--pairs", str(pairs)]
         else:
             argv = ["idle", "--impl", "c", "--lib", str(impl.lib), "--pairs", str(pairs)]
         t = time.monotonic()
         out[name] = _run(argv, env, 120)
-        print(f"  scale {name:24} {'ok' if out[name].get('ok') else 'FAILED'} "
-              f"({time.monotonic() - t:.1f} s)", file=sys.stderr)
+        print(
+            f"  scale {name:24} {'ok' if out[name].get('ok') else 'FAILED'} "
+            f"({time.monotonic() - t:.1f} s)",
+            file=sys.stderr,
+        )
     return out
 
 

@@ -49,8 +49,13 @@ html_theme_options = {"description": "Qubes' libvchan over Unix sockets, for Pyt
 
 # The man page: reference/cli is written for it (see docs/_ext/vchan_sphinx.py).
 man_pages = [
-    ("reference/cli", "vchan", "pipe data through a vchan, list channels, run the demo",
-     [author], 1),
+    (
+        "reference/cli",
+        "vchan",
+        "pipe data through a vchan, list channels, run the demo",
+        [author],
+        1,
+    ),
 ]
 man_show_urls = False
 # Reproducible: the page carries the release, not the build date.

@@ -62,7 +62,10 @@ def build() -> None:
         return
     proc = subprocess.run(
         [sys.executable, "setup.py", "-q", "build_ext", "--inplace", "--force"],
-        cwd=REPO, capture_output=True, text=True, check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if proc.returncode != 0 or not SO.exists() or stale():
         raise RuntimeError(

@@ -62,9 +62,7 @@ def deadline(seconds: float = TIMEOUT) -> float:
 
 
 def _impl_names() -> list[str]:
-    names = [
-        n.strip() for n in os.environ.get("VCHAN_TEST_IMPLS", "python,speedups,c").split(",")
-    ]
+    names = [n.strip() for n in os.environ.get("VCHAN_TEST_IMPLS", "python,speedups,c").split(",")]
     names = [n for n in names if n]
     if os.environ.get("VCHAN_TEST_LIB") and "lib" not in names:
         names.append("lib")

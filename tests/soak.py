@@ -99,8 +99,16 @@ def server_rings(rmin: int, wmin: int) -> tuple[int, int]:
 # ------------------------------------------------------------------------------- ends
 
 
-def write_stream(api: Any, h: Any, seed: int, start: int, total: int, ring: int,
-                 rng: random.Random, shared: bool | None = None) -> None:
+def write_stream(
+    api: Any,
+    h: Any,
+    seed: int,
+    start: int,
+    total: int,
+    ring: int,
+    rng: random.Random,
+    shared: bool | None = None,
+) -> None:
     """Write stream ``seed`` bytes [start, total) with random calls and modes.
 
     ``shared``: the handle is shared with a reader thread, so the mode was set for both
@@ -133,8 +141,16 @@ def write_stream(api: Any, h: Any, seed: int, start: int, total: int, ring: int,
             raise Failure(f"writer stuck at {sent}/{total}")
 
 
-def read_stream(api: Any, h: Any, seed: int, total: int, ring: int, rng: random.Random,
-                to_eof: bool, shared: bool | None = None) -> int:
+def read_stream(
+    api: Any,
+    h: Any,
+    seed: int,
+    total: int,
+    ring: int,
+    rng: random.Random,
+    to_eof: bool,
+    shared: bool | None = None,
+) -> int:
     """Read stream ``seed``: ``total`` bytes, then (``to_eof``) the end of the stream."""
     blocking = rng.random() < 0.5 if shared is None else shared
     use_recv = rng.random() < 0.3
@@ -253,8 +269,9 @@ def scenario_duplex(impl: str, rng: random.Random, port: int) -> int:
     return t_sc + t_cs
 
 
-def scenario_cross(impl: str, rng: random.Random, port: int, impls: list[str],
-                   kill: bool = False) -> int:
+def scenario_cross(
+    impl: str, rng: random.Random, port: int, impls: list[str], kill: bool = False
+) -> int:
     api = load(impl)
     other = rng.choice(impls)
     we_send = not kill and rng.random() < 0.5
@@ -262,8 +279,13 @@ def scenario_cross(impl: str, rng: random.Random, port: int, impls: list[str],
     peer_role = "client" if our_role == "server" else "server"
     total = min(rng.choice(TOTALS[1:]), 2_000_000)
     seed = rng.randrange(1000)
-    opts: dict[str, Any] = {"port": port, "seed": seed, "read_min": 65536,
-                            "write_min": 65536, "chunk": rng.choice([100, 4096, 65536])}
+    opts: dict[str, Any] = {
+        "port": port,
+        "seed": seed,
+        "read_min": 65536,
+        "write_min": 65536,
+        "chunk": rng.choice([100, 4096, 65536]),
+    }
     if not we_send:
         opts["total"] = 0 if kill else total
         opts["style"] = rng.choice(["blocking", "qrexec"])
@@ -283,8 +305,7 @@ def scenario_cross(impl: str, rng: random.Random, port: int, impls: list[str],
             if h is None:
                 raise Failure(f"client_init errno {api.last_errno()}")
         if we_send:
-            run_threads((write_stream, api, h, seed, 0, total, 65536,
-                         random.Random(rng.random())))
+            run_threads((write_stream, api, h, seed, 0, total, 65536, random.Random(rng.random())))
             api.libvchan_close(h)
             h = None
             line = peer.expect("EOF", DEADLINE)
@@ -320,8 +341,7 @@ def scenario_cross(impl: str, rng: random.Random, port: int, impls: list[str],
             if check.count < acked - may_lose:
                 raise Failure(f"LOST: {check.count} arrived, peer had {acked} accepted")
             return check.count
-        run_threads((read_stream, api, h, seed, total, 65536, random.Random(rng.random()),
-                     False))
+        run_threads((read_stream, api, h, seed, total, 65536, random.Random(rng.random()), False))
         peer.expect("DONE", DEADLINE)
         api.libvchan_close(h)
         h = None
@@ -356,9 +376,12 @@ def play(round_no: int, seed: int, impls: list[str]) -> tuple[str, str, int]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=60.0, help="how long (default 60)")
-    ap.add_argument("--impl", default="python,speedups,c",
-                    help="comma list: python, speedups, c, or paths of libvchan .so "
-                    "(default python,speedups,c)")
+    ap.add_argument(
+        "--impl",
+        default="python,speedups,c",
+        help="comma list: python, speedups, c, or paths of libvchan .so "
+        "(default python,speedups,c)",
+    )
     ap.add_argument("--seed", type=int, help="master seed (default: time)")
     ap.add_argument("--only", type=int, help="replay this one round of --seed")
     ap.add_argument("--keep-going", action="store_true", help="continue after a failure")
@@ -376,8 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     failures: list[str] = []
     end = time.monotonic() + args.seconds
     round_no = args.only if args.only is not None else 0
-    print(f"soak: seed {seed}, implementations {', '.join(impls)}, {args.seconds:g} s",
-          flush=True)
+    print(f"soak: seed {seed}, implementations {', '.join(impls)}, {args.seconds:g} s", flush=True)
     try:
         while True:
             try:
@@ -387,8 +409,11 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # noqa: BLE001 - every failure is reported
                 msg = f"round {round_no}: {type(exc).__name__}: {exc}"
                 failures.append(msg)
-                print(f"FAIL {msg}\n  replay: python tests/soak.py --impl {args.impl} "
-                      f"--seed {seed} --only {round_no}", flush=True)
+                print(
+                    f"FAIL {msg}\n  replay: python tests/soak.py --impl {args.impl} "
+                    f"--seed {seed} --only {round_no}",
+                    flush=True,
+                )
                 if not isinstance(exc, Failure):
                     traceback.print_exc()
                 if not args.keep_going:
@@ -401,8 +426,10 @@ def main(argv: list[str] | None = None) -> int:
     for (kind, impl), count in sorted(rounds.items()):
         print(f"  {kind:8s} {impl:8s} {count:6d} rounds {volume[kind, impl]:>14,d} bytes")
     total = sum(volume.values())
-    print(f"soak: {sum(rounds.values())} rounds, {total:,} bytes verified, "
-          f"{len(failures)} failures (seed {seed})")
+    print(
+        f"soak: {sum(rounds.values())} rounds, {total:,} bytes verified, "
+        f"{len(failures)} failures (seed {seed})"
+    )
     return 1 if failures else 0
 
 

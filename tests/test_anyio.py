@@ -319,6 +319,7 @@ async def test_listener_serves_clients_one_after_another() -> None:
 # ------------------------------------------------------------------ notification cost
 
 
+@pytest.mark.spec("NOTIFY-UNASKED-QUIET")
 @pytest.mark.serial  # timing or CPU share: run on a quiet machine
 async def test_one_wake_up_per_message_and_no_spinning(streams: tuple[Any, Any]) -> None:
     """A ping-pong of 200 messages: each side's wait() runs about once per message it
@@ -377,6 +378,7 @@ def _dying_peer(port: int, size: int, after: str = "pass") -> subprocess.Popen[b
     return subprocess.Popen([sys.executable, "-c", code], env=env)
 
 
+@pytest.mark.spec("READ-DATA-BEFORE-GONE")
 async def test_peer_killed_after_sending_everything_arrives_then_end(backend: str) -> None:
     proc = _dying_peer(107, 300_000)
     try:
@@ -460,7 +462,9 @@ def test_trio_process_and_asyncio_process_exchange_verified_data(sockdir: str) -
         )
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                [sys.executable, "-c", code],
+                env=env,
+                stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
             )
         )

@@ -7,6 +7,7 @@ import gc
 import os
 import socket
 import threading
+import warnings
 from collections.abc import Awaitable, Coroutine, Iterator
 from typing import Any, TypeVar
 
@@ -33,6 +34,13 @@ def run(coro: Coroutine[Any, Any, T], timeout: float = TIMEOUT) -> T:
 @pytest.fixture(autouse=True)
 def _private_socket_dir(sockdir: str) -> str:
     return sockdir
+
+
+@pytest.fixture(autouse=True)
+def _asyncio_debug(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every loop here runs in asyncio's debug mode (slow callbacks, wrong-thread calls,
+    never-awaited coroutines and unclosed resources are reported)."""
+    monkeypatch.setenv("PYTHONASYNCIODEBUG", "1")
 
 
 @pytest.fixture(params=_backends.names())
@@ -165,6 +173,7 @@ def test_no_thread_per_channel(sockdir, monkeypatch):
 # ---------------------------------------------------------------------------- end of stream
 
 
+@pytest.mark.spec("READ-DATA-BEFORE-GONE")
 def test_end_of_stream_after_all_data(backend):
     """A peer that writes and closes at once: every byte, then b""."""
     data = pattern(500_000)
@@ -250,6 +259,7 @@ def test_write_after_close_fails_drain():
     run(main())
 
 
+@pytest.mark.spec("CLOSE-DELIVERS")
 def test_close_delivers_queued_bytes(backend):
     """close() with bytes still queued: they reach a peer that keeps reading."""
     data = pattern(3_000_000)
@@ -286,6 +296,8 @@ def test_drain_waits_for_buffer_space(backend):
         await draining
         assert got == data
         assert cw.transport.get_write_buffer_size() == 0
+        cw.close()
+        sw.close()
 
     run(main())
 
@@ -303,6 +315,8 @@ def test_write_buffer_limits(sockdir):
         await draining
         with pytest.raises(ValueError):
             cw.transport.set_write_buffer_limits(high=1, low=2)
+        cw.close()
+        sw.close()
 
     async def _lower(w: va.VchanWriter) -> None:
         w.transport.set_write_buffer_limits(high=0)
@@ -324,6 +338,8 @@ def test_reader_limit_pauses_reading(backend):
         got = await sr.readexactly(len(data))
         await draining
         assert got == data
+        cw.close()
+        sw.close()
 
     run(main())
 
@@ -360,6 +376,8 @@ def test_open_client_cancel_then_server_is_free(backend, sockdir):
         sr, sw = await srv
         cw.write(b"x")
         assert await sr.readexactly(1) == b"x"
+        cw.close()
+        sw.close()
 
     run(main())
 
@@ -372,6 +390,8 @@ def test_open_client_waits_for_late_server(backend):
         sr, sw = await server
         sw.write(b"hi")
         assert await cr.readexactly(2) == b"hi"
+        cw.close()
+        sw.close()
 
     run(main())
 
@@ -400,6 +420,7 @@ def test_open_server_timeout(sockdir):
     run(main())
 
 
+@pytest.mark.spec("ADDR-REFUSE-BAD")
 def test_errors_are_raised_at_once(sockdir, monkeypatch):
     async def main() -> None:
         with pytest.raises(vchan.InvalidArgument):
@@ -533,6 +554,8 @@ def test_start_server_plain_callback_and_serve_forever(sockdir):
             await forever
         assert not server.is_serving()
         assert len(seen) == 1
+        writer.close()
+        seen[0].close()
 
     run(main())
 
@@ -596,6 +619,128 @@ def test_start_server_handler_errors_are_reported_and_serving_continues():
             reader, writer = await va.open_client(0, 32)
             writer.write(b".")
             assert await reader.readexactly(2) == b"ok"
+            writer.close()
+            await writer.wait_closed()
 
     run(main())
     assert [str(e["exception"]) for e in errors] == ["handler failed"]
+
+
+class Raising(asyncio.Protocol):
+    """Raises from the callback named ``when``; records what the transport did about it."""
+
+    def __init__(self, when: str) -> None:
+        self.when = when
+        self.lost: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
+        self.calls: list[str] = []
+
+    def _maybe_raise(self, name: str) -> None:
+        self.calls.append(name)
+        if name == self.when:
+            raise ZeroDivisionError(name)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._maybe_raise("connection_made")
+
+    def data_received(self, data: bytes) -> None:
+        self._maybe_raise("data_received")
+
+    def eof_received(self) -> bool:
+        self._maybe_raise("eof_received")
+        return False
+
+    def pause_writing(self) -> None:
+        self._maybe_raise("pause_writing")
+
+    def resume_writing(self) -> None:
+        self._maybe_raise("resume_writing")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(exc)
+        self._maybe_raise("connection_lost")
+
+
+@pytest.mark.parametrize(
+    "when",
+    ["connection_made", "data_received", "eof_received", "pause_writing", "resume_writing"],
+)
+def test_raising_protocol_callback_closes_the_transport(backend, when):
+    """As CPython's transports: reported to the loop's exception handler, then the transport
+    closes with that exception passed to connection_lost() (nothing propagates)."""
+    contexts: list[dict[str, Any]] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _loop, ctx: contexts.append(ctx))
+        listening = asyncio.create_task(va.listen(lambda: Raising(when), 0, 41, backend=backend))
+        transport, proto = await va.connect(Echo, 0, 41, backend=backend)
+        s_transport, s_proto = await listening
+        assert isinstance(s_proto, Raising)
+        if when == "data_received":
+            transport.write(b"x")
+        elif when == "eof_received":
+            transport.close()
+        elif when in ("pause_writing", "resume_writing"):
+            s_transport.set_write_buffer_limits(high=0)
+            s_transport.write(b"y" * (4 << 20))  # more than the vchan takes: pauses
+            if when == "resume_writing":
+                assert s_transport.get_write_buffer_size()
+                s_transport.set_write_buffer_limits(high=1 << 30)  # resumes
+        exc = await s_proto.lost
+        assert isinstance(exc, ZeroDivisionError) and str(exc) == when
+        assert s_transport.is_closing()
+        assert s_transport.get_extra_info("vchan").closed
+        transport.close()
+        await proto.lost
+
+    run(main())
+    failed = [ctx for ctx in contexts if ctx.get("protocol") is not None]
+    assert [str(ctx["exception"]) for ctx in failed] == [when]
+    assert failed[0]["message"] == f"Fatal error: protocol.{when}() call failed."
+    assert failed[0]["transport"].is_closing()
+
+
+def test_raising_connection_lost_is_reported(backend):
+    contexts: list[dict[str, Any]] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _loop, ctx: contexts.append(ctx))
+        listening = asyncio.create_task(
+            va.listen(lambda: Raising("connection_lost"), 0, 42, backend=backend)
+        )
+        transport, proto = await va.connect(Echo, 0, 42, backend=backend)
+        s_transport, s_proto = await listening
+        s_transport.close()
+        assert await s_proto.lost is None
+        await asyncio.sleep(0)
+        transport.close()
+        await proto.lost
+
+    run(main())
+    assert [ctx["message"] for ctx in contexts] == [
+        "Fatal error: protocol.connection_lost() call failed."
+    ]
+    assert isinstance(contexts[0]["exception"], ZeroDivisionError)
+
+
+def test_unclosed_transport_warns(backend):
+    """As CPython's: a transport collected while open gives a ResourceWarning (and closes
+    its vchan)."""
+    held: list[vchan.Vchan] = []
+
+    async def main() -> None:
+        listening = asyncio.create_task(va.listen(Echo, 0, 43, backend=backend))
+        transport, _proto = await va.connect(Echo, 0, 43, backend=backend)
+        s_transport, _s_proto = await listening
+        held.extend((transport.get_extra_info("vchan"), s_transport.get_extra_info("vchan")))
+        # Both are left open: the loop's readers keep them alive until the loop closes.
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run(main())
+        gc.collect()
+    unclosed = [w for w in caught if issubclass(w.category, ResourceWarning)]
+    assert len([w for w in unclosed if "unclosed transport <VchanTransport" in str(w.message)]) == 2
+    assert all(vc.closed for vc in held)

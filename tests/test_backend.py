@@ -115,6 +115,7 @@ def test_round_trip(backend, sockdir):
         assert srv.state == vchan.State.DISCONNECTED
 
 
+@pytest.mark.spec("WIRE-INTEROP")
 @pytest.mark.parametrize(("srv_name", "cli_name"), [("python", "c"), ("c", "python")])
 def test_backends_interoperate(srv_name, cli_name, sockdir):
     data = os.urandom(300_000)
@@ -164,6 +165,7 @@ def test_client_waits_for_a_late_server(backend, sockdir):
             proc.wait()
 
 
+@pytest.mark.spec("ADDR-REFUSE-BAD")
 def test_use_after_close_and_errors_map(backend, sockdir):
     srv = vchan.server(0, 11, backend=backend)
     ep = srv._endpoint()
@@ -176,6 +178,47 @@ def test_use_after_close_and_errors_map(backend, sockdir):
         assert info.value.errno == errno.EBADF
     with pytest.raises(vchan.InvalidArgument):
         vchan.server(40000, 1, backend=backend)
+
+
+@pytest.mark.spec("ADDR-REFUSE-BAD")
+@pytest.mark.parametrize("side", ["server", "client"])
+def test_must_bad_input_raises_the_exception_that_names_it(backend, sockdir, monkeypatch, side):
+    """SPEC §1, the Pythonic API: a bad VCHAN_DOMAIN, domain, port or ring minimum raises
+    InvalidArgument, a socket path too long for sun_path SocketPathTooLong (both
+    ValueErrors, with a message); nothing is created, and a client whose VCHAN_DOMAIN is bad
+    does not fall back to domain 0 (a server listens there)."""
+    fallback = vchan.server(0, 1, backend=backend)  # what a fallback client would reach
+    before = sorted(os.listdir(sockdir))
+
+    def init(domain: int = 0, port: int = 1, read_min: int = 0) -> vchan.Vchan:
+        if side == "server":
+            return vchan.server(domain, port, read_min, 0, backend=backend)
+        return vchan.client(domain, port, timeout=TIMEOUT, backend=backend)
+
+    cases: list[tuple[dict[str, str], dict[str, int], type[Exception]]] = [
+        ({"VCHAN_DOMAIN": value}, {}, vchan.InvalidArgument)
+        for value in ("abc", "-1", "32752", "", "1.0")
+    ]
+    cases += [({}, {"domain": 32752}, vchan.InvalidArgument)]
+    cases += [({}, {"domain": -1}, vchan.InvalidArgument)]
+    cases += [({}, {"port": -1}, vchan.InvalidArgument)]
+    if side == "server":
+        cases += [({}, {"read_min": (1 << 20) + 1}, vchan.InvalidArgument)]
+    long_dir = os.path.join(sockdir, "d" * 120)
+    os.mkdir(long_dir)
+    cases += [({"VCHAN_SOCKET_DIR": long_dir}, {}, vchan.SocketPathTooLong)]
+    for env, args, expected in cases:
+        with monkeypatch.context() as m:
+            for name, value in env.items():
+                m.setenv(name, value)
+            with pytest.raises(expected) as info:
+                bounded(lambda a=args: init(**a))
+        assert isinstance(info.value, ValueError)
+        assert str(info.value), f"{env} {args}: an exception without a message"
+    assert os.listdir(long_dir) == []
+    assert sorted(os.listdir(sockdir)) == sorted([*before, os.path.basename(long_dir)])
+    assert fallback.state == vchan.State.WAITING, "a bad VCHAN_DOMAIN fell back to domain 0"
+    fallback.close()
 
 
 # ------------------------------------------------- libraries without libvchan_set_blocking
@@ -246,14 +289,15 @@ def test_asyncio_streams_over_emulated_non_blocking(sockdir):
     import asyncio
 
     import vchan.asyncio as va
+    from vchan.asyncio.streams import streams
 
     lib = _no_set_blocking_lib()
     up, down = pattern(2_000_000, 1), pattern(2_000_000, 2)
 
     async def main() -> None:
         srv, cli = _emulated_pair(lib, 51)
-        sr, sw = va._streams(srv, va.DEFAULT_LIMIT, {})
-        cr, cw = va._streams(cli, va.DEFAULT_LIMIT, {})
+        sr, sw = streams(srv, va.DEFAULT_LIMIT, {})
+        cr, cw = streams(cli, va.DEFAULT_LIMIT, {})
         cw.write(up)
         sw.write(down)
         got_up, got_down, _, _ = await asyncio.gather(
@@ -267,3 +311,36 @@ def test_asyncio_streams_over_emulated_non_blocking(sockdir):
         assert await sr.read() == b""
 
     asyncio.run(asyncio.wait_for(main(), TIMEOUT))
+
+
+def test_c_backend_does_not_load_the_pure_engine(sockdir):
+    """The layers take the shared constants from vchan._constants: a process that drives a C
+    library never imports vchan._core (nor registers its at-fork hook), even when the pure
+    engine is this process's engine; the rings of a C library's channel are unknown."""
+    code = (
+        "import sys, vchan, vchan.asyncio, vchan.libvchan\n"
+        "srv = vchan.server(0, 77)\n"
+        "assert srv.state == vchan.State.WAITING\n"
+        "assert srv.read_ring is None and srv.write_ring is None\n"
+        "srv.close()\n"
+        "assert 'vchan._core' not in sys.modules, 'the pure engine was imported'\n"
+    )
+    env = dict(
+        os.environ, VCHAN_PURE_PYTHON="1", VCHAN_BACKEND=clib_path(), VCHAN_SOCKET_DIR=sockdir
+    )
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=TIMEOUT)
+
+
+def test_endpoint_rings(sockdir):
+    """Ring sizes are part of the endpoint: the engines tell them, a C library cannot."""
+    for name in ("python", "speedups", "c"):
+        srv = vchan.server(0, 78, 4096, 8192, backend=backend_arg(name))
+        try:
+            expected = (None, None) if name == "c" else (4096, 8192)
+            assert (srv.read_ring, srv.write_ring) == expected
+            cli = vchan.client(0, 78, backend=backend_arg(name))
+            ring = None if name == "c" else 65536
+            assert (cli.read_ring, cli.write_ring) == (ring, ring)
+            cli.close()
+        finally:
+            srv.close()

@@ -54,8 +54,12 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert {"raw", "rawep", "py", "pysock", "aiounix"} <= set(ran)
     for k in ("raw", "rawep", "py", "pysock"):
         assert set(impls[k]["cases"]) == every, k
-    assert set(impls["aiounix"]["cases"]) == {"stream-64b", "stream-4kib", "stream-64kib",
-                                              "pingsel"}
+    assert set(impls["aiounix"]["cases"]) == {
+        "stream-64b",
+        "stream-4kib",
+        "stream-64kib",
+        "pingsel",
+    }
     assert impls["py"]["anchor"] == impls["pyc"]["anchor"] == "pysock"
     assert impls["pyasync"]["anchor"] == "aiounix"
     if "c" in ran:  # the C library was built: Python over it runs too (cffi is a dependency)
@@ -85,8 +89,9 @@ def test_bench_smoke(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(60)
 def test_bench_only_brings_the_anchor(tmp_path: Path) -> None:
-    _proc, result = _bench(tmp_path, "--only", "pyasync", "--cases", "pingsel", "--no-scale",
-                           "--no-chart")
+    _proc, result = _bench(
+        tmp_path, "--only", "pyasync", "--cases", "pingsel", "--no-scale", "--no-chart"
+    )
     assert set(result["implementations"]) == {"raw", "aiounix", "pyasync"}
     for impl, v in result["implementations"].items():
         if not v["skipped"]:

@@ -628,3 +628,14 @@ def test_python_m_vchan_without_install(sockdir):
     )
     assert proc.returncode == 0
     assert shutil.which("sh")
+
+
+def test_bench_without_a_source_tree_says_so(monkeypatch, capsys):
+    """An installed package has no bench/: `vchan bench` says it needs the source tree."""
+    from vchan import cli
+    from vchan.cli import tools
+
+    monkeypatch.setattr(tools, "_checkout", lambda: None)
+    assert cli.main(["bench"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("vchan: vchan bench needs the source tree"), err

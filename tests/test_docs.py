@@ -41,8 +41,19 @@ def man_page(tmp_path_factory: pytest.TempPathFactory) -> str:
         pytest.skip("sphinx and myst-parser are not installed (make docs installs them)")
     out = tmp_path_factory.mktemp("man")
     subprocess.run(
-        [sys.executable, "-m", "sphinx", "-W", "-q", "-b", "man", "-d", str(out / "doctrees"),
-         str(DOCS), str(out)],
+        [
+            sys.executable,
+            "-m",
+            "sphinx",
+            "-W",
+            "-q",
+            "-b",
+            "man",
+            "-d",
+            str(out / "doctrees"),
+            str(DOCS),
+            str(out),
+        ],
         check=True,
         capture_output=True,
         timeout=120,
@@ -91,8 +102,15 @@ def test_man_page_has_every_subcommand_in_order(man_page: str) -> None:
     assert subs == ["listen", "connect", "ls", "demo", "bench"]
     found = re.findall(r"^ {2,3}vchan (\w+)\s*$", man_page, re.M)
     assert found == subs
-    for heading in ("NAME", "SYNOPSIS", "DESCRIPTION", "COMMANDS", "ENVIRONMENT",
-                    "EXIT STATUS", "EXAMPLES"):
+    for heading in (
+        "NAME",
+        "SYNOPSIS",
+        "DESCRIPTION",
+        "COMMANDS",
+        "ENVIRONMENT",
+        "EXIT STATUS",
+        "EXAMPLES",
+    ):
         assert re.search(rf"^{heading}\s*$", man_page, re.M), heading
 
 
@@ -130,10 +148,17 @@ def test_cli_help_runs_and_matches_the_parser() -> None:
     the man page is generated from."""
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"), COLUMNS="100")
     parser = build_parser()
-    for args, sub in [([], parser), *[([n], p) for n, p in
-                                      vchan_sphinx.subcommands(parser).items()]]:
-        proc = subprocess.run([sys.executable, "-m", "vchan", *args, "--help"],
-                              capture_output=True, env=env, timeout=60, check=True)
+    for args, sub in [
+        ([], parser),
+        *[([n], p) for n, p in vchan_sphinx.subcommands(parser).items()],
+    ]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "vchan", *args, "--help"],
+            capture_output=True,
+            env=env,
+            timeout=60,
+            check=True,
+        )
         out = proc.stdout.decode()
         for option in _help_options(sub):
             assert option in out, (args, option)
@@ -159,15 +184,17 @@ def test_c_header_page_has_every_declaration_documented() -> None:
 
 
 def test_comment_rst_lists_literals_and_escapes() -> None:
-    rst = vchan_sphinx.comment_rst([
-        "Returns a handle, or NULL with errno:",
-        "  EINVAL   bad domain",
-        "  ENOENT   no directory",
-        "Conventions:",
-        "- one `x`",
-        "  continued",
-        "- two *p and *emph*",
-    ])
+    rst = vchan_sphinx.comment_rst(
+        [
+            "Returns a handle, or NULL with errno:",
+            "  EINVAL   bad domain",
+            "  ENOENT   no directory",
+            "Conventions:",
+            "- one `x`",
+            "  continued",
+            "- two *p and *emph*",
+        ]
+    )
     text = "\n".join(rst)
     assert "errno::\n\n     EINVAL   bad domain\n     ENOENT   no directory" in text
     assert "Conventions:\n\n- one ``x``\n  continued\n- two \\*p and *emph*" in text
@@ -212,8 +239,12 @@ def test_readme_bench_summary_matches_the_saved_table() -> None:
         "| round trip, blocking": "ping blocking, median us",
         "| round trip, select-driven": "ping select-driven, median us",
     }
-    columns = [(native, "C library"), (python, "pure Python"),
-               (python, "Python over the C library"), (python, "vchan.asyncio")]
+    columns = [
+        (native, "C library"),
+        (python, "pure Python"),
+        (python, "Python over the C library"),
+        (python, "vchan.asyncio"),
+    ]
     readme = (REPO / "README.md").read_text().splitlines()
     for start, label in rows.items():
         cells = [c.strip() for c in next(ln for ln in readme if ln.startswith(start)).split("|")]
@@ -240,8 +271,7 @@ def _public_names() -> list[str]:
             names.append(qual)
             if inspect.isclass(obj) and not issubclass(obj, BaseException):
                 for attr, value in vars(obj).items():
-                    if attr.startswith("_") or not (callable(value) or isinstance(value,
-                                                                                 property)):
+                    if attr.startswith("_") or not (callable(value) or isinstance(value, property)):
                         continue
                     names.append(f"{qual}.{attr}")
     return names
@@ -255,16 +285,21 @@ def test_every_public_name_is_in_the_reference() -> None:
 
     with inventory.open("rb") as f:
         inv = InventoryFile.load(f, "", lambda base, uri: uri)
-    documented = {name for kind in inv.data.values() for name in kind} if hasattr(
-        inv, "data") else {name for kind in inv.values() for name in kind}
+    documented = (
+        {name for kind in inv.data.values() for name in kind}
+        if hasattr(inv, "data")
+        else {name for kind in inv.values() for name in kind}
+    )
     # Names re-exported by vchan are documented where they are defined, or under vchan.
     aliases = {"vchan.exceptions.": "vchan.", "vchan.channel.": "vchan."}
 
     def known(name: str) -> bool:
         if name in documented:
             return True
-        return any(name.startswith(short) and long + name[len(short):] in documented
-                   for long, short in aliases.items())
+        return any(
+            name.startswith(short) and long + name[len(short) :] in documented
+            for long, short in aliases.items()
+        )
 
     missing = [n for n in _public_names() if not known(n)]
     assert not missing, f"not in the API reference: {missing}"
@@ -274,8 +309,11 @@ def test_docs_pages_are_all_in_a_toctree() -> None:
     """Every page of docs/ is reachable from the landing page (Sphinx warns otherwise, but
     only when it builds)."""
     index = (DOCS / "index.md").read_text()
-    pages = [p for p in DOCS.rglob("*") if p.suffix in (".md", ".rst")
-             and "_" not in p.parts[len(DOCS.parts)][:1]]
+    pages = [
+        p
+        for p in DOCS.rglob("*")
+        if p.suffix in (".md", ".rst") and "_" not in p.parts[len(DOCS.parts)][:1]
+    ]
     for page in pages:
         rel = page.relative_to(DOCS).with_suffix("").as_posix()
         if rel == "index":

@@ -107,8 +107,7 @@ def test_python_has_the_same_value(name: str) -> None:
     )
     mine = getattr(home, py_name(name))
     assert mine == value, (
-        f"VCHAN__{name} is {value!r} in internal.h but {home.__name__}.{py_name(name)} "
-        f"is {mine!r}"
+        f"VCHAN__{name} is {value!r} in internal.h but {home.__name__}.{py_name(name)} is {mine!r}"
     )
 
 

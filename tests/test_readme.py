@@ -74,9 +74,7 @@ def blocks(text: str, page: str = "README.md") -> list[Block]:
             j = start
             while j < len(lines) and not lines[j].startswith("```"):
                 j += 1
-            out.append(
-                Block(f[1], start, "\n".join(lines[start:j]) + "\n", mark, reason, page)
-            )
+            out.append(Block(f[1], start, "\n".join(lines[start:j]) + "\n", mark, reason, page))
             i = j + 1
             mark = reason = ""
             continue
@@ -237,8 +235,18 @@ def test_c_example(block, sockdir, tmp_path):
     exe = tmp_path / "example"
     build = CLIB.parent
     subprocess.run(
-        [cc, "-Wall", "-Werror", "-o", str(exe), str(src), f"-I{CLIB_DIR}", f"-L{build}",
-         f"-Wl,-rpath,{build}", "-lvchan-socket"],
+        [
+            cc,
+            "-Wall",
+            "-Werror",
+            "-o",
+            str(exe),
+            str(src),
+            f"-I{CLIB_DIR}",
+            f"-L{build}",
+            f"-Wl,-rpath,{build}",
+            "-lvchan-socket",
+        ],
         check=True,
         capture_output=True,
         timeout=TIMEOUT,

@@ -135,11 +135,16 @@ def _recv(port: int, partial: bool) -> Blocked:
         assert n == 10 and buf == b"0123456789"
 
     def recover() -> None:
-        cli.send(b"0123456789"[len(head):], 10 - len(head))
+        cli.send(b"0123456789"[len(head) :], 10 - len(head))
         check(srv.recv(buf, 10))  # the bytes taken before the signal were kept, in order
 
-    return Blocked(lambda: srv.recv(buf, 10), lambda: cli.send(b"0123456789"[len(head):],
-                   10 - len(head)), check, recover, [srv, cli])
+    return Blocked(
+        lambda: srv.recv(buf, 10),
+        lambda: cli.send(b"0123456789"[len(head) :], 10 - len(head)),
+        check,
+        recover,
+        [srv, cli],
+    )
 
 
 def _read(port: int) -> Blocked:
@@ -153,8 +158,9 @@ def _read(port: int) -> Blocked:
         cli.send(b"hello", 5)
         check(srv.read(buf, 10))
 
-    return Blocked(lambda: srv.read(buf, 10), lambda: cli.send(b"hello", 5), check, recover,
-                   [srv, cli])
+    return Blocked(
+        lambda: srv.read(buf, 10), lambda: cli.send(b"hello", 5), check, recover, [srv, cli]
+    )
 
 
 def _wait(port: int) -> Blocked:
@@ -216,9 +222,12 @@ def _connect(port: int, timeout: float | None) -> Blocked:
         assert cli.is_open() == vchan.State.CONNECTED
         cli.close()
 
-    return Blocked(lambda: Channel.client(0, port, timeout=timeout),
-                   lambda: servers.append(Channel.server(0, port, 0, 0)), check,
-                   closing=servers)
+    return Blocked(
+        lambda: Channel.client(0, port, timeout=timeout),
+        lambda: servers.append(Channel.server(0, port, 0, 0)),
+        check,
+        closing=servers,
+    )
 
 
 BLOCKING_CALLS: dict[str, Callable[[int], Blocked]] = {
@@ -302,8 +311,12 @@ def test_ctrl_c_interrupts_a_blocking_recv_in_a_program(sockdir, port):
             cli.send(b"ok")
             print(srv.recv(2).decode(), flush=True)
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=_child_env(sockdir))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_child_env(sockdir),
+    )
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline() == b"blocking\n"
@@ -461,8 +474,13 @@ def test_fork_child_exiting_with_open_channels_leaves_the_parent_alone(sockdir, 
         assert srv.is_open() and cli.is_open()
         print("ok")
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True,
-                          env=_child_env(sockdir), timeout=TIMEOUT, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        env=_child_env(sockdir),
+        timeout=TIMEOUT,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr.decode()
     assert proc.stdout == b"ok\n"
 
@@ -474,7 +492,8 @@ def _child_env(sockdir: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("VCHAN_BACKEND", "VCHAN_DOMAIN")}
     env["VCHAN_SOCKET_DIR"] = sockdir
     env["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO), str(REPO / "src"), *filter(None, [env.get("PYTHONPATH")])])
+        [str(REPO), str(REPO / "src"), *filter(None, [env.get("PYTHONPATH")])]
+    )
     return env
 
 
@@ -512,14 +531,21 @@ print("exiting", flush=True)
 """
 
 
-@pytest.mark.parametrize("how", ["", "sys.exit(0)", "raise SystemExit(0)",
-                                  "threading.Thread(target=cli.close).start()"])
+@pytest.mark.parametrize(
+    "how", ["", "sys.exit(0)", "raise SystemExit(0)", "threading.Thread(target=cli.close).start()"]
+)
 def test_interpreter_shutdown_with_open_channels(sockdir, port, how):
     """Exit with channels in every state and daemon threads asleep in calls: exit status
     0, nothing on stderr (no crash, no fatal error, no hang)."""
     script = SHUTDOWN_SCRIPT.format(port=port, how=how)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, cwd=REPO,
-                          env=_child_env(sockdir), timeout=TIMEOUT, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        cwd=REPO,
+        env=_child_env(sockdir),
+        timeout=TIMEOUT,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr.decode()
     assert proc.stdout == b"exiting\n"
     assert proc.stderr == b""
@@ -554,10 +580,12 @@ def test_memoryview_slices_in_and_out(sockdir, port):
 def test_non_contiguous_buffers_are_refused_clearly(sockdir, port):
     srv, cli = pair(port)
     try:
-        for call, buf in ((cli.send, memoryview(b"abcdef")[::2]),
-                          (cli.write, memoryview(bytearray(6))[::2]),
-                          (srv.recv, memoryview(bytearray(6))[::2]),
-                          (srv.read, memoryview(bytearray(6))[::2])):
+        for call, buf in (
+            (cli.send, memoryview(b"abcdef")[::2]),
+            (cli.write, memoryview(bytearray(6))[::2]),
+            (srv.recv, memoryview(bytearray(6))[::2]),
+            (srv.read, memoryview(bytearray(6))[::2]),
+        ):
             with pytest.raises(TypeError, match="contiguous"):
                 call(buf, 3)
         assert srv.data_ready() == 0  # nothing was sent
@@ -620,8 +648,10 @@ def test_buffer_stays_exported_while_a_call_sleeps(sockdir, port):
 
 
 def test_vchan_over_speedups_takes_any_buffer(sockdir, port):
-    with vchan.server(0, port, backend="speedups") as srv, \
-            vchan.client(0, port, timeout=TIMEOUT, backend="speedups") as cli:
+    with (
+        vchan.server(0, port, backend="speedups") as srv,
+        vchan.client(0, port, timeout=TIMEOUT, backend="speedups") as cli,
+    ):
         assert isinstance(srv._endpoint(), Channel)
         cli.write(memoryview(b"--hello--")[2:7])
         view = memoryview(bytearray(9))
@@ -651,7 +681,8 @@ def test_same_errors_as_the_pure_engine(sockdir, port, engine):
     with pytest.raises(OSError) as info:
         cls.server(0, port, 0, 0)
     assert info.value.errno == errno.EADDRINUSE and str(sock_path(sockdir, 0, 0, port)) in str(
-        info.value)
+        info.value
+    )
     cli = cls.client(0, port, timeout=TIMEOUT)
     wait_until(lambda: srv.is_open() == vchan.State.CONNECTED)
     cli.close()
@@ -663,10 +694,19 @@ def test_same_errors_as_the_pure_engine(sockdir, port, engine):
     srv.close()
     srv.close()  # twice is harmless
     assert srv.closed
-    for call in (srv.wait, srv.fileno, srv.is_open, srv.data_ready, srv.buffer_space,
-                 lambda: srv.set_blocking(False), lambda: srv.read(bytearray(1), 1),
-                 lambda: srv.recv(bytearray(1), 1), lambda: srv.write(b"x", 1),
-                 lambda: srv.send(b"x", 1), lambda: srv.finish(True)):
+    for call in (
+        srv.wait,
+        srv.fileno,
+        srv.is_open,
+        srv.data_ready,
+        srv.buffer_space,
+        lambda: srv.set_blocking(False),
+        lambda: srv.read(bytearray(1), 1),
+        lambda: srv.recv(bytearray(1), 1),
+        lambda: srv.write(b"x", 1),
+        lambda: srv.send(b"x", 1),
+        lambda: srv.finish(True),
+    ):
         with pytest.raises(OSError) as info:
             call()
         assert info.value.errno == errno.EBADF, call
@@ -687,36 +727,42 @@ def test_emsgsize_messages(sockdir, port, engine):
 
 
 def _engine_of(env: dict[str, str], code: str = "") -> list[str]:
-    script = "import sys, vchan\nprint(vchan.ENGINE)\n" \
-             "print('vchan._speedups' in sys.modules)\n" + code
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, env=env,
-                          timeout=TIMEOUT, check=False)
+    script = (
+        "import sys, vchan\nprint(vchan.ENGINE)\nprint('vchan._speedups' in sys.modules)\n" + code
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, env=env, timeout=TIMEOUT, check=False
+    )
     assert proc.returncode == 0, proc.stderr.decode()
     return proc.stdout.decode().split()
 
 
-@pytest.mark.parametrize(("extra", "engine", "imported"), [
-    ({}, "speedups", "True"),
-    ({"VCHAN_PURE_PYTHON": "1"}, "python", "False"),
-    ({"VCHAN_PURE_PYTHON": "0"}, "speedups", "True"),
-    ({"VCHAN_BACKEND": "python"}, "python", "False"),
-    ({"VCHAN_BACKEND": "speedups"}, "speedups", "True"),
-])
+@pytest.mark.parametrize(
+    ("extra", "engine", "imported"),
+    [
+        ({}, "speedups", "True"),
+        ({"VCHAN_PURE_PYTHON": "1"}, "python", "False"),
+        ({"VCHAN_PURE_PYTHON": "0"}, "speedups", "True"),
+        ({"VCHAN_BACKEND": "python"}, "python", "False"),
+        ({"VCHAN_BACKEND": "speedups"}, "speedups", "True"),
+    ],
+)
 def test_engine_choice(sockdir, extra, engine, imported):
     env = _child_env(sockdir)
     env.pop("VCHAN_PURE_PYTHON", None)
     env.update(extra)
-    code = ("import vchan.libvchan as lv\n"
-            "h = lv.libvchan_server_init(0, 1, 0, 0)\n"
-            "print(type(h).__module__)\n")
+    code = (
+        "import vchan.libvchan as lv\n"
+        "h = lv.libvchan_server_init(0, 1, 0, 0)\n"
+        "print(type(h).__module__)\n"
+    )
     module = {"speedups": "vchan._speedups", "python": "vchan._core"}[engine]
     assert _engine_of(env, code) == [engine, imported, module]
 
 
 def test_explicit_speedups_wins_over_the_environment(sockdir):
     env = dict(_child_env(sockdir), VCHAN_PURE_PYTHON="1")
-    code = ("ch = vchan.server(0, 1, backend='speedups')\n"
-            "print(type(ch._endpoint()).__module__)\n")
+    code = "ch = vchan.server(0, 1, backend='speedups')\nprint(type(ch._endpoint()).__module__)\n"
     assert _engine_of(env, code) == ["python", "False", "vchan._speedups"]
 
 
@@ -734,9 +780,11 @@ def test_missing_extension_means_the_pure_engine(sockdir, tmp_path):
         dest.write_bytes(p.read_bytes())
     env = dict(_child_env(sockdir), PYTHONPATH=str(hide))
     env.pop("VCHAN_PURE_PYTHON", None)
-    code = (f"print(vchan.__file__.startswith({str(hide)!r}))\n"
-            "try:\n    vchan.server(0, 1, backend='speedups')\n"
-            "except vchan.InvalidArgument as e:\n    print('speedups' in str(e))\n")
+    code = (
+        f"print(vchan.__file__.startswith({str(hide)!r}))\n"
+        "try:\n    vchan.server(0, 1, backend='speedups')\n"
+        "except vchan.InvalidArgument as e:\n    print('speedups' in str(e))\n"
+    )
     assert _engine_of(env, code) == ["python", "False", "True", "True"]
 
 
@@ -752,8 +800,12 @@ def test_the_build_under_test():
 
 
 def test_extension_exports_only_its_init_function():
-    out = subprocess.run(["nm", "-D", "--defined-only", _speedups.__file__],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["nm", "-D", "--defined-only", _speedups.__file__],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert [line.split()[-1] for line in out.splitlines()] == ["PyInit__speedups"]
 
 
@@ -774,8 +826,10 @@ def _exited(pid: int, call: Callable[[], Any]) -> list[int] | None:
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-@pytest.mark.parametrize(("env", "arg", "accepted"), [
-    (None, True, True), ("1", False, False), ("1", None, True), (None, None, False)])
+@pytest.mark.parametrize(
+    ("env", "arg", "accepted"),
+    [(None, True, True), ("1", False, False), ("1", None, True), (None, None, False)],
+)
 def test_allow_any_uid_argument_server(sockdir, port, engine, env, arg, accepted, monkeypatch):
     from tests.reliability.test_security import _as_nobody, _intruder, _reap, _signalled
 
@@ -813,8 +867,7 @@ def test_allow_any_uid_argument_server(sockdir, port, engine, env, arg, accepted
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-@pytest.mark.parametrize(("env", "arg", "accepted"), [
-    (None, True, True), ("1", False, False)])
+@pytest.mark.parametrize(("env", "arg", "accepted"), [(None, True, True), ("1", False, False)])
 def test_allow_any_uid_argument_client(sockdir, port, engine, env, arg, accepted, monkeypatch):
     from tests.reliability.test_security import _as_nobody, _impostor, _reap, _signalled
 

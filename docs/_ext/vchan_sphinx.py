@@ -6,7 +6,10 @@ so that the page cannot drift from it:
 * ``c-header``: the C API, from the comments of ``libvchan.h`` (:func:`header_rst` turns
   the header into reStructuredText using Sphinx's C domain);
 * ``bench-chart``: a bar chart (inline SVG) of the ratios in a ``make bench`` table
-  (:func:`parse_bench_table`).
+  (:func:`parse_bench_table`);
+* ``spec-tests``: the MUST -> tests table, from docs/SPEC.md and the ``pytest.mark.spec``
+  markers of the test modules (:mod:`spec_ids`); on the SPEC page itself, each ID becomes a
+  link target and a link to its row of the table.
 """
 
 from __future__ import annotations
@@ -18,12 +21,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import spec_ids
 from docutils import nodes
 from docutils.parsers.rst import directives
 from docutils.statemachine import StringList
+from sphinx import addnodes
 from sphinx.application import Sphinx
+from sphinx.environment import BuildEnvironment
+from sphinx.util import logging
 from sphinx.util.docutils import SphinxDirective
 from sphinx.util.nodes import nested_parse_with_titles
+
+logger = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------------ vchan-cli
 
@@ -32,8 +41,10 @@ def usage(parser: argparse.ArgumentParser) -> str:
     """The parser's usage without the ``usage:`` prefix (continuation lines re-indented)."""
     text = parser.format_usage().strip()
     prefix = "usage: "
-    lines = [ln[len(prefix):] if ln.startswith(" " * len(prefix)) else ln
-             for ln in text.removeprefix(prefix).splitlines()]
+    lines = [
+        ln[len(prefix) :] if ln.startswith(" " * len(prefix)) else ln
+        for ln in text.removeprefix(prefix).splitlines()
+    ]
     return "\n".join(lines)
 
 
@@ -197,8 +208,9 @@ def parse_header(text: str) -> tuple[list[str], list[Decl]]:
             continue
         m = _MACRO.match(line)
         if m and not m["name"].endswith("_H"):
-            decls.append(Decl("macro", m["name"], m["name"], [m["doc"].strip()] if m["doc"]
-                              else pending))
+            decls.append(
+                Decl("macro", m["name"], m["name"], [m["doc"].strip()] if m["doc"] else pending)
+            )
             pending = []
             i += 1
             continue
@@ -250,16 +262,22 @@ def comment_rst(lines: list[str]) -> list[str]:
             i += 1
             continue
         if line.lstrip().startswith("- "):
-            if out and out[-1].strip() and not out[-1].startswith("- ") and not (
-                out[-1].startswith("  ")
+            if (
+                out
+                and out[-1].strip()
+                and not out[-1].startswith("- ")
+                and not (out[-1].startswith("  "))
             ):
                 out.append("")  # RST wants a blank line before a list
             indent = len(line) - len(line.lstrip())
             out.append("- " + _inline(line.lstrip()[2:]))
             i += 1
-            while i < len(lines) and lines[i].strip() and (
-                len(lines[i]) - len(lines[i].lstrip()) > indent
-            ) and not lines[i].lstrip().startswith("- "):
+            while (
+                i < len(lines)
+                and lines[i].strip()
+                and (len(lines[i]) - len(lines[i].lstrip()) > indent)
+                and not lines[i].lstrip().startswith("- ")
+            ):
                 out.append("  " + _inline(lines[i].strip()))
                 i += 1
             if i < len(lines) and not lines[i].lstrip().startswith("- "):
@@ -382,17 +400,18 @@ def parse_bench_table(text: str) -> list[BenchTable]:
     return tables
 
 
-_COLORS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3",
-           "#8c8c8c"]
+_COLORS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c"]
 
 
-def bar_chart_svg(title: str, groups: list[str], series: dict[str, list[float | None]],
-                  unit: str) -> str:
+def bar_chart_svg(
+    title: str, groups: list[str], series: dict[str, list[float | None]], unit: str
+) -> str:
     """A grouped bar chart as a standalone SVG string (bars labelled with their value)."""
     width, height, left, top, bottom = 760, 300, 60, 30, 70
     plot_w, plot_h = width - left - 20, height - top - bottom
-    top_value = max((v for vals in series.values() for v in vals if v is not None),
-                    default=1.0) * 1.15
+    top_value = (
+        max((v for vals in series.values() for v in vals if v is not None), default=1.0) * 1.15
+    )
     n = max(1, len(series))
     group_w = plot_w / max(1, len(groups))
     bar_w = group_w * 0.8 / n
@@ -416,18 +435,26 @@ def bar_chart_svg(title: str, groups: list[str], series: dict[str, list[float | 
             h = plot_h * value / top_value
             x = x0 + s * bar_w
             y = top + plot_h - h
-            parts.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar_w * 0.92:.1f}" '
-                         f'height="{h:.1f}" fill="{_COLORS[s % len(_COLORS)]}">'
-                         f"<title>{html.escape(_name)}: {value:g}</title></rect>")
-            parts.append(f'<text x="{x + bar_w / 2:.1f}" y="{y - 3:.1f}" text-anchor="middle" '
-                         f'font-size="8">{value:.2f}</text>')
-        parts.append(f'<text x="{left + (g + 0.5) * group_w:.1f}" y="{top + plot_h + 14}" '
-                     f'text-anchor="middle">{html.escape(group)}</text>')
+            parts.append(
+                f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar_w * 0.92:.1f}" '
+                f'height="{h:.1f}" fill="{_COLORS[s % len(_COLORS)]}">'
+                f"<title>{html.escape(_name)}: {value:g}</title></rect>"
+            )
+            parts.append(
+                f'<text x="{x + bar_w / 2:.1f}" y="{y - 3:.1f}" text-anchor="middle" '
+                f'font-size="8">{value:.2f}</text>'
+            )
+        parts.append(
+            f'<text x="{left + (g + 0.5) * group_w:.1f}" y="{top + plot_h + 14}" '
+            f'text-anchor="middle">{html.escape(group)}</text>'
+        )
     for s, name in enumerate(series):
         x = left + (s % 4) * (plot_w / 4)
         y = height - 28 + (s // 4) * 14
-        parts.append(f'<rect x="{x:.1f}" y="{y - 9}" width="10" height="10" '
-                     f'fill="{_COLORS[s % len(_COLORS)]}"/>')
+        parts.append(
+            f'<rect x="{x:.1f}" y="{y - 9}" width="10" height="10" '
+            f'fill="{_COLORS[s % len(_COLORS)]}"/>'
+        )
         parts.append(f'<text x="{x + 14:.1f}" y="{y}">{html.escape(name)}</text>')
     parts.append("</svg>")
     return "\n".join(parts)
@@ -458,10 +485,16 @@ class BenchChart(SphinxDirective):
                     ratios.setdefault(col, {})[label] = value
         raw = columns.get(raw_col, {})
         charts = [
-            ("Stream throughput, ratio to the raw socket (higher is better)",
-             [r for r in raw if r.startswith("stream")], "x raw"),
-            ("64-byte round trip (median), ratio to the raw socket (lower is better)",
-             [r for r in raw if r.startswith("ping") and "median" in r], "x raw"),
+            (
+                "Stream throughput, ratio to the raw socket (higher is better)",
+                [r for r in raw if r.startswith("stream")],
+                "x raw",
+            ),
+            (
+                "64-byte round trip (median), ratio to the raw socket (lower is better)",
+                [r for r in raw if r.startswith("ping") and "median" in r],
+                "x raw",
+            ),
         ]
         out: list[nodes.Node] = []
         for title, rows, unit in charts:
@@ -475,9 +508,154 @@ class BenchChart(SphinxDirective):
         return out
 
 
+# ------------------------------------------------------------------------ spec-tests
+
+#: The page of docs/SPEC.md.
+SPEC_DOC = "SPEC"
+_ID_TEXT = re.compile(rf"^\[({spec_ids.ID_PATTERN})\]$")
+
+
+def rule_label(rule_id: str) -> str:
+    """The label of a rule's ID in the SPEC page."""
+    return "spec-" + rule_id.lower()
+
+
+def tests_label(rule_id: str) -> str:
+    """The label of a rule's row in the MUST -> tests table."""
+    return "spec-tests-" + rule_id.lower()
+
+
+def _add_label(env: BuildEnvironment, label: str, title: str) -> None:
+    """A target ``label`` (the id of a node of the current page) that ``:ref:`` finds."""
+    std = env.domains.standard_domain
+    std.labels[label] = (env.docname, label, title)
+    std.anonlabels[label] = (env.docname, label)
+
+
+def _ref(label: str, text: str) -> addnodes.pending_xref:
+    node = addnodes.pending_xref(
+        "", refdomain="std", reftype="ref", reftarget=label, refexplicit=True, refwarn=True
+    )
+    node.append(nodes.Text(text))
+    return node
+
+
+def _markdown_inline(text: str) -> list[nodes.Node]:
+    """A sentence of the SPEC as nodes: its ```code``` spans as literals."""
+    out: list[nodes.Node] = []
+    for i, part in enumerate(re.split(r"`([^`]+)`", text)):
+        if part:
+            out.append(nodes.literal(part, part) if i % 2 else nodes.Text(part))
+    return out
+
+
+def link_spec_ids(app: Sphinx, doctree: nodes.document) -> None:
+    """On the SPEC page, make each bold ``[ID]`` a target and a link to its tests."""
+    env = app.env
+    if env.docname != SPEC_DOC:
+        return
+    for strong in list(doctree.findall(nodes.strong)):
+        m = _ID_TEXT.match(strong.astext())
+        if m is None:
+            continue
+        rule_id = m.group(1)
+        strong["ids"].append(rule_label(rule_id))
+        _add_label(env, rule_label(rule_id), f"[{rule_id}]")
+        text = strong.astext()
+        strong.children = []
+        strong += _ref(tests_label(rule_id), text)
+
+
+def _entry(*children: nodes.Node) -> nodes.entry:
+    entry = nodes.entry()
+    entry.extend(children)
+    return entry
+
+
+class SpecTests(SphinxDirective):
+    """``spec-tests``: a table of every MUST of docs/SPEC.md (its ID, section and sentence)
+    and the tests marked ``@pytest.mark.spec`` with its ID."""
+
+    has_content = False
+
+    def run(self) -> list[nodes.Node]:
+        spec = Path(self.env.srcdir) / "SPEC.md"
+        repo = Path(self.env.srcdir).parent
+        self.env.note_dependency(str(spec))
+        rules = spec_ids.rules(spec.read_text(encoding="utf-8"))
+        found, problems = spec_ids.markers(repo / "tests", repo)
+        for problem in problems:
+            logger.warning("spec marker: %s", problem, location=self.get_location())
+        for path in sorted({m.path for m in found}):
+            self.env.note_dependency(str(repo / path))
+        by_rule = spec_ids.tests_by_rule(found)
+        known = {r.id for r in rules}
+        for m in found:
+            if m.id not in known:
+                logger.warning(
+                    "%s:%d names an unknown rule %s",
+                    m.path,
+                    m.line,
+                    m.id,
+                    location=self.get_location(),
+                )
+
+        table = nodes.table(classes=["spec-tests", "colwidths-given"])
+        group = nodes.tgroup(cols=2)
+        table += group
+        for width in (40, 60):
+            group += nodes.colspec(colwidth=width)
+        head = nodes.thead()
+        group += head
+        head += nodes.row("", *(_entry(nodes.paragraph(text=h)) for h in ("MUST", "Tests")))
+        body = nodes.tbody()
+        group += body
+        for rule in rules:
+            label = tests_label(rule.id)
+            _add_label(self.env, label, f"[{rule.id}]")
+            rule_id = nodes.strong()
+            rule_id += _ref(rule_label(rule.id), rule.id)
+            section = rule.section.split(" ", 1)[0].rstrip(".")
+            sentence = nodes.paragraph("", f"§{section}: ", *_markdown_inline(rule.sentence))
+            tests: list[nodes.Node] = []
+            by_path: dict[str, list[str]] = {}
+            for m in by_rule.get(rule.id, []):
+                by_path.setdefault(m.path, []).append(m.test)
+            for path, names in by_path.items():
+                tests.append(nodes.paragraph("", "", nodes.literal(text=path)))
+                items = nodes.bullet_list()
+                for name in names:
+                    items += nodes.list_item("", nodes.paragraph("", "", nodes.literal(text=name)))
+                tests.append(items)
+            if not tests:
+                tests.append(nodes.paragraph("", "", nodes.emphasis(text="no test yet")))
+            body += nodes.row(
+                "",
+                _entry(nodes.paragraph("", "", rule_id), sentence),
+                _entry(*tests),
+                ids=[label],
+            )
+        marked = {m.node for m in found if m.id in known}
+        summary = nodes.paragraph(
+            text=f"{len(rules)} MUSTs, proven by {len(marked)} tests (each runs once per "
+            "implementation)."
+        )
+        # Test names are long and unbreakable: let them wrap inside their column.
+        style = nodes.raw(
+            "",
+            "<style>table.spec-tests td { vertical-align: top; } "
+            "table.spec-tests span.pre { white-space: normal; overflow-wrap: anywhere; }"
+            "</style>",
+            format="html",
+        )
+        return [style, summary, table]
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
     app.add_directive("vchan-cli", VchanCli)
     app.add_directive("vchan-cli-main", VchanCliMain)
     app.add_directive("c-header", CHeader)
     app.add_directive("bench-chart", BenchChart)
+    app.add_directive("spec-tests", SpecTests)
+    app.connect("doctree-read", link_spec_ids)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}

@@ -40,8 +40,22 @@ def __getattr__(name: str) -> object:
         return importlib.import_module(".asyncio", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
 __all__ = [
-    "ENGINE", "ConnectTimeout", "Disconnected", "InvalidArgument", "MessageTooLong", "PathInUse",
-    "ServerExists", "SocketDirMissing", "SocketPathTooLong", "State", "UntrustedPeer",
-    "Vchan", "VchanError", "__version__", "client", "server",
+    "ENGINE",
+    "ConnectTimeout",
+    "Disconnected",
+    "InvalidArgument",
+    "MessageTooLong",
+    "PathInUse",
+    "ServerExists",
+    "SocketDirMissing",
+    "SocketPathTooLong",
+    "State",
+    "UntrustedPeer",
+    "Vchan",
+    "VchanError",
+    "__version__",
+    "client",
+    "server",
 ]

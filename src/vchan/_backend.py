@@ -30,9 +30,11 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
-from . import _config, _core, _engine
+from . import _config, _engine
+from ._constants import DISCONNECTED, InBuf, OutBuf
 
 if TYPE_CHECKING:
+    from ._cffi import Binding
     from ._engine import EngineChannel
 
 __all__ = [
@@ -54,12 +56,21 @@ SPEEDUPS = _engine.SPEEDUPS
 
 
 class Endpoint(Protocol):
-    """libvchan semantics; failures raise OSError with an errno (as vchan.channel's)."""
+    """libvchan semantics; failures raise OSError with an errno (as vchan.channel's).
 
-    def read(self, buf: _core.OutBuf, size: int) -> int: ...
-    def recv(self, buf: _core.OutBuf, size: int) -> int: ...
-    def write(self, data: _core.InBuf, size: int) -> int: ...
-    def send(self, data: _core.InBuf, size: int) -> int: ...
+    ``read_ring`` and ``write_ring`` are the ring sizes, ``None`` where the backend cannot
+    tell (a C library's API does not say).
+    """
+
+    @property
+    def read_ring(self) -> int | None: ...
+    @property
+    def write_ring(self) -> int | None: ...
+
+    def read(self, buf: OutBuf, size: int) -> int: ...
+    def recv(self, buf: OutBuf, size: int) -> int: ...
+    def write(self, data: InBuf, size: int) -> int: ...
+    def send(self, data: InBuf, size: int) -> int: ...
     def wait(self) -> int: ...
     def is_open(self) -> int: ...
     def data_ready(self) -> int: ...
@@ -157,16 +168,13 @@ def load_library(name: str) -> Any:
 class CEndpoint:
     """An :class:`Endpoint` over a handle of a libvchan shared library.
 
-    -1 (or NULL) from the library becomes ``OSError(errno)``; use after :meth:`close`
-    raises ``OSError(EBADF)`` instead of handing a freed handle to the library.
-
-    The data and state calls go straight to the C functions (``lib.raw``, a
-    :class:`vchan._cffi.RawCalls`) with no generic argument checks: the handle is ours
-    and known good, the buffer is converted once per call (``from_buffer``) and the size
-    bounded by it (C never reads or writes outside the buffer); errno is read only when a
-    call fails. The library keeps a handle's memory alive while a call on it is in
-    progress, so a :meth:`close` from another thread makes blocked calls fail with EBADF
-    (as its ``libvchan.h`` promises) rather than free memory in use.
+    The calls go through the library's :class:`vchan._cffi.Binding` (``lib.binding``), the
+    same wrappers the C-shaped :class:`vchan._cffi.CLibvchan` uses: -1 (or NULL) from the
+    library becomes ``OSError(errno)``, and a size is bounded by its buffer (C never reads
+    or writes outside it). Use after :meth:`close` raises ``OSError(EBADF)`` instead of
+    handing a freed handle to the library. The library keeps a handle's memory alive while
+    a call on it is in progress, so a :meth:`close` from another thread makes blocked calls
+    fail with EBADF (as its ``libvchan.h`` promises) rather than free memory in use.
 
     Libraries without ``libvchan_set_blocking`` (the reference libvchan-socket has none)
     get non-blocking mode emulated the way qrexec works: read and write only what
@@ -174,24 +182,26 @@ class CEndpoint:
     wait; "nothing now" is 0 and a gone peer is EPIPE, as with a real non-blocking mode.
     """
 
+    #: libvchan.h has no call that tells the ring sizes.
+    read_ring: int | None = None
+    write_ring: int | None = None
+
     def __init__(self, lib: Any, handle: Any) -> None:
         self._lib = lib
         self._h: Any = handle
         self._emulated = False  # non-blocking mode emulated over a blocking-only library
-        raw = lib.raw
-        self._from_buffer = raw.from_buffer
-        self._char_array = raw.char_array
-        self._get_errno = raw.get_errno
-        self._c_read = raw.read
-        self._c_recv = raw.recv
-        self._c_write = raw.write
-        self._c_send = raw.send
-        self._c_wait = raw.wait
-        self._c_is_open = raw.is_open
-        self._c_data_ready = raw.data_ready
-        self._c_buffer_space = raw.buffer_space
-        self._c_fd_for_select = raw.fd_for_select
-        self._c_close = raw.close
+        b: Binding = lib.binding
+        self._c_read = b.read
+        self._c_recv = b.recv
+        self._c_write = b.write
+        self._c_send = b.send
+        self._c_wait = b.wait
+        self._c_is_open = b.is_open
+        self._c_data_ready = b.data_ready
+        self._c_buffer_space = b.buffer_space
+        self._c_fd_for_select = b.fd_for_select
+        self._c_close = b.close
+        self._c_finish = b.finish
 
     def _handle(self) -> Any:
         h = self._h
@@ -199,22 +209,10 @@ class CEndpoint:
             raise _closed()
         return h
 
-    def _error(self) -> OSError:
-        """The OSError of the C call that just failed in this thread."""
-        code = self._get_errno() or errno.EIO
-        return OSError(code, os.strerror(code))
-
-    def _check(self, ret: int) -> int:
-        """For calls made through the checked :class:`vchan._cffi.CLibvchan` methods."""
-        if ret < 0:
-            code = self._lib.last_errno() or errno.EIO
-            raise OSError(code, os.strerror(code))
-        return ret
-
     def _gone(self) -> bool:
-        return self.is_open() == _core.DISCONNECTED
+        return self.is_open() == DISCONNECTED
 
-    def read(self, buf: _core.OutBuf, size: int) -> int:
+    def read(self, buf: OutBuf, size: int) -> int:
         if self._emulated and size:
             ready = self.data_ready()
             if not ready:
@@ -226,117 +224,49 @@ class CEndpoint:
                         raise OSError(errno.EPIPE, "vchan peer disconnected")
                     return 0
             size = min(size, ready)
-        h = self._h
-        if h is None:
-            raise _closed()
-        cbuf = self._from_buffer(self._char_array, buf, True)
-        if not 0 <= size <= len(cbuf):
-            cap = len(cbuf)
-            del cbuf
-            raise _bad_size(size, cap)
-        ret: int = self._c_read(h, cbuf, size)
-        del cbuf  # no traceback may keep the export alive (a cycle the GC breaks badly)
-        if ret < 0:
-            raise self._error()
-        return ret
+        return self._c_read(self._handle(), buf, size)
 
-    def recv(self, buf: _core.OutBuf, size: int) -> int:
+    def recv(self, buf: OutBuf, size: int) -> int:
         if self._emulated and size and self.data_ready() < size:
             gone = self._gone()
             if self.data_ready() < size:
                 if gone:
                     raise OSError(errno.EPIPE, "vchan peer disconnected")
                 return 0
-        h = self._h
-        if h is None:
-            raise _closed()
-        cbuf = self._from_buffer(self._char_array, buf, True)
-        if not 0 <= size <= len(cbuf):
-            cap = len(cbuf)
-            del cbuf
-            raise _bad_size(size, cap)
-        ret: int = self._c_recv(h, cbuf, size)
-        del cbuf  # no traceback may keep the export alive (a cycle the GC breaks badly)
-        if ret < 0:
-            raise self._error()
-        return ret
+        return self._c_recv(self._handle(), buf, size)
 
-    def write(self, data: _core.InBuf, size: int) -> int:
+    def write(self, data: InBuf, size: int) -> int:
         if self._emulated and size:
             if self._gone():
                 raise OSError(errno.EPIPE, "vchan peer disconnected")
             size = min(size, self.buffer_space())
             if not size:
                 return 0
-        h = self._h
-        if h is None:
-            raise _closed()
-        cbuf = self._from_buffer(self._char_array, data, False)
-        if not 0 <= size <= len(cbuf):
-            cap = len(cbuf)
-            del cbuf
-            raise _bad_size(size, cap)
-        ret: int = self._c_write(h, cbuf, size)
-        del cbuf  # no traceback may keep the export alive (a cycle the GC breaks badly)
-        if ret < 0:
-            raise self._error()
-        return ret
+        return self._c_write(self._handle(), data, size)
 
-    def send(self, data: _core.InBuf, size: int) -> int:
+    def send(self, data: InBuf, size: int) -> int:
         if self._emulated and size:
             if self._gone():
                 raise OSError(errno.EPIPE, "vchan peer disconnected")
             if self.buffer_space() < size:
                 return 0
-        h = self._h
-        if h is None:
-            raise _closed()
-        cbuf = self._from_buffer(self._char_array, data, False)
-        if not 0 <= size <= len(cbuf):
-            cap = len(cbuf)
-            del cbuf
-            raise _bad_size(size, cap)
-        ret: int = self._c_send(h, cbuf, size)
-        del cbuf  # no traceback may keep the export alive (a cycle the GC breaks badly)
-        if ret < 0:
-            raise self._error()
-        return ret
+        return self._c_send(self._handle(), data, size)
 
     def wait(self) -> int:
-        h = self._h
-        if h is None:
-            raise _closed()
-        ret: int = self._c_wait(h)
-        if ret < 0:
-            raise self._error()
-        return ret
+        return self._c_wait(self._handle())
 
     def is_open(self) -> int:
-        h = self._h
-        if h is None:
-            raise _closed()
-        ret: int = self._c_is_open(h)
-        if ret < 0:
-            raise self._error()
-        return ret
+        return self._c_is_open(self._handle())
 
     def data_ready(self) -> int:
-        h = self._h
-        if h is None:
-            raise _closed()
-        ret: int = self._c_data_ready(h)
-        if ret < 0:
-            raise self._error()
-        return ret
+        return self._c_data_ready(self._handle())
 
     def buffer_space(self) -> int:
-        h = self._h
-        if h is None:
-            raise _closed()
-        ret: int = self._c_buffer_space(h)
-        if ret < 0:
-            raise self._error()
-        return ret
+        return self._c_buffer_space(self._handle())
+
+    def finish(self, blocking: bool) -> int:
+        """An async client's ``libvchan_client_init_async_finish``: 0 connected, 1 not yet."""
+        return self._c_finish(self._handle(), blocking)
 
     def set_blocking(self, blocking: bool) -> None:
         handle = self._handle()
@@ -350,10 +280,7 @@ class CEndpoint:
         self._emulated = not blocking
 
     def fileno(self) -> int:
-        ret: int = self._c_fd_for_select(self._handle())
-        if ret < 0:
-            raise self._error()
-        return ret
+        return self._c_fd_for_select(self._handle())
 
     def close(self) -> None:
         h, self._h = self._h, None
@@ -365,15 +292,9 @@ def _closed() -> OSError:
     return OSError(errno.EBADF, "vchan is closed")
 
 
-def _bad_size(size: int, length: int) -> OSError:
-    """A size C must not be given: it would reach outside the buffer."""
-    return OSError(errno.EINVAL, f"size {size} is not within the buffer's {length} bytes")
-
-
 class _CPending:
     def __init__(self, lib: Any, handle: Any, watch_fd: int) -> None:
         self._ep = CEndpoint(lib, handle)
-        self._lib = lib
         self._watch_fd = watch_fd
 
     def fileno(self) -> int:
@@ -381,8 +302,7 @@ class _CPending:
         return self._watch_fd
 
     def finish(self, blocking: bool) -> int:
-        ret = self._lib.libvchan_client_init_async_finish(self._ep._handle(), blocking)
-        return self._ep._check(ret)
+        return self._ep.finish(blocking)
 
     def endpoint(self) -> Endpoint:
         return self._ep
@@ -428,23 +348,19 @@ def start_server(
     *,
     allow_any_uid: bool | None = None,
     backend: str | None = None,
-) -> tuple[Endpoint, int | None, int | None]:
-    """Listen (returns at once, WAITING): ``(endpoint, read_ring, write_ring)``.
-
-    Ring sizes are known for the engines only (``None`` for a C library).
-    """
+) -> Endpoint:
+    """Listen (returns at once, WAITING); the endpoint tells its ring sizes."""
     name = resolve(backend)
     if name in _engine.NAMES:
         cls = _engine.channel_class(name)
-        ch = cls.server(domain, port, read_min, write_min, allow_any_uid)
-        return ch, ch.read_ring, ch.write_ring
+        return cls.server(domain, port, read_min, write_min, allow_any_uid)
     _no_uid_override(name, allow_any_uid)
     lib = load_library(name)
     h = lib.libvchan_server_init(domain, port, read_min, write_min)
     if h is None:
         code = lib.last_errno() or errno.EIO
         raise OSError(code, os.strerror(code))
-    return CEndpoint(lib, h), None, None
+    return CEndpoint(lib, h)
 
 
 def start_client(

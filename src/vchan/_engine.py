@@ -23,17 +23,22 @@ import errno
 import os
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeGuard
 
-from . import _core
-
 if TYPE_CHECKING:
-    from . import _speedups
+    from . import _core, _speedups
 
     #: A channel of either engine.
     EngineChannel: TypeAlias = _core.Channel | _speedups.Channel
 
 __all__ = [
-    "ENGINE", "NAMES", "PURE_ENV", "PYTHON", "SPEEDUPS", "Channel", "channel_class",
-    "is_channel", "pure_forced", "speedups_error",
+    "ENGINE",
+    "NAMES",
+    "PURE_ENV",
+    "PYTHON",
+    "SPEEDUPS",
+    "channel_class",
+    "is_channel",
+    "pure_forced",
+    "speedups_error",
 ]
 
 #: Environment variable that forces the pure-Python engine when set to anything but ""/"0".
@@ -46,8 +51,10 @@ NAMES = (SPEEDUPS, PYTHON)
 # The compiled engine's class once imported, or why it could not be.
 _speedups_cls: Any = None
 _speedups_why: str | None = None
-#: The classes of the engines loaded so far (for isinstance checks).
-_types: tuple[type, ...] = (_core.Channel,)
+#: The classes of the engines loaded so far (for isinstance checks). The pure-Python engine
+#: is imported only when used: importing it registers an at-fork hook, which a process that
+#: drives a C library (or the compiled engine) has no use for.
+_types: tuple[type, ...] = ()
 
 
 def pure_forced() -> bool:
@@ -71,6 +78,16 @@ def _load_speedups() -> Any:
     return _speedups_cls
 
 
+def _load_python() -> type[_core.Channel]:
+    """The pure-Python engine's class (imported on first use)."""
+    global _types
+    from . import _core
+
+    if _core.Channel not in _types:
+        _types = (*_types, _core.Channel)
+    return _core.Channel
+
+
 def speedups_error() -> str | None:
     """Why the compiled engine cannot be used (None if it can)."""
     if _load_speedups() is not None:
@@ -81,7 +98,7 @@ def speedups_error() -> str | None:
 def channel_class(name: str) -> type[_core.Channel] | type[_speedups.Channel]:
     """The channel class of the engine ``name``; OSError(EINVAL) if it is not available."""
     if name == PYTHON:
-        return _core.Channel
+        return _load_python()
     if name == SPEEDUPS:
         cls = _load_speedups()
         if cls is None:
@@ -98,5 +115,11 @@ def is_channel(obj: object) -> TypeGuard[EngineChannel]:
 #: The engine of this process: "speedups" if the extension imports (and the environment does
 #: not force the pure engine), else "python".
 ENGINE: str = PYTHON if pure_forced() or _load_speedups() is None else SPEEDUPS
-#: Its channel class.
-Channel = channel_class(ENGINE)
+
+
+def __getattr__(name: str) -> Any:
+    # ``Channel``, the engine's channel class, is looked up when first used: the pure engine
+    # is not imported by a process that never makes a channel of it.
+    if name == "Channel":
+        return channel_class(ENGINE)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -137,8 +137,10 @@ def listening_at(path: str, or_binding: bool = False) -> bool:
     for line in lines:
         fields = line.split(None, 7)
         # Num RefCount Protocol Flags Type St Inode Path; Flags 00010000 = __SO_ACCEPTCON
-        if len(fields) == 8 and fields[7] == target and (
-            int(fields[3], 16) & _SO_ACCEPTCON or (or_binding and fields[5] == b"01")
+        if (
+            len(fields) == 8
+            and fields[7] == target
+            and (int(fields[3], 16) & _SO_ACCEPTCON or (or_binding and fields[5] == b"01"))
         ):
             return True
     return False

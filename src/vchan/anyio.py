@@ -42,8 +42,8 @@ import anyio.abc
 import anyio.lowlevel
 from anyio import TypedAttributeSet, typed_attribute
 
-from vchan import _backend, _config, _engine
-from vchan.channel import State, Vchan
+from vchan import _backend
+from vchan.channel import State, Vchan, endpoint_of
 from vchan.channel import server as _server
 from vchan.exceptions import Disconnected, from_oserror
 
@@ -88,7 +88,7 @@ class VchanStream(anyio.abc.ByteStream):
         self._domain = domain
         self._port = port
         self._fd = vc.fileno()
-        endpoint = vc._endpoint()
+        endpoint = endpoint_of(vc)
         self._ep_read = endpoint.read
         self._ep_write = endpoint.write
         self._ep_wait = endpoint.wait
@@ -357,8 +357,7 @@ async def _connected_client(
         pending.close()  # cancelled (or timed out): abandon the attempt
         raise
     endpoint = pending.endpoint()
-    ring = _config.CLIENT_RING if _engine.is_channel(endpoint) else None
-    return Vchan(endpoint, read_ring=ring, write_ring=ring)
+    return Vchan(endpoint)
 
 
 async def _until_connected(vc: Vchan) -> None:
@@ -440,8 +439,14 @@ class VchanListener(anyio.abc.Listener[VchanStream]):
 
     def _listen(self) -> Vchan:
         domain, port, read_min, write_min = self._args
-        vc = _server(domain, port, read_min, write_min, allow_any_uid=self._allow_any_uid,
-                     backend=self._backend)
+        vc = _server(
+            domain,
+            port,
+            read_min,
+            write_min,
+            allow_any_uid=self._allow_any_uid,
+            backend=self._backend,
+        )
         vc.set_blocking(False)
         return vc
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import enum
 from types import TracebackType
 
-from . import _backend, _config, _core, _engine
+from . import _backend
 from ._backend import Endpoint
+from ._constants import CONNECTED, DISCONNECTED, WAITING
 from .exceptions import from_oserror
 
 __all__ = ["Endpoint", "State", "Vchan", "client", "server"]
@@ -15,9 +16,9 @@ __all__ = ["Endpoint", "State", "Vchan", "client", "server"]
 class State(enum.IntEnum):
     """Channel state; the values equal the C constants ``VCHAN_*``."""
 
-    DISCONNECTED = _core.DISCONNECTED
-    CONNECTED = _core.CONNECTED
-    WAITING = _core.WAITING
+    DISCONNECTED = DISCONNECTED
+    CONNECTED = CONNECTED
+    WAITING = WAITING
 
 
 _STATES = {int(s): s for s in State}  # a dict lookup: State(value) costs an enum call
@@ -31,15 +32,16 @@ class Vchan:
     In non-blocking mode a call that cannot make progress raises :class:`BlockingIOError`.
     """
 
-    def __init__(self, endpoint: Endpoint, *, read_ring: int | None = None,
-                 write_ring: int | None = None) -> None:
+    def __init__(
+        self, endpoint: Endpoint, *, read_ring: int | None = None, write_ring: int | None = None
+    ) -> None:
         self._ep: Endpoint | None = endpoint
         self._blocking = True
         #: Size of the read ring, when the backend knows it (the engines do, a C library
         #: does not).
-        self.read_ring = read_ring
+        self.read_ring = endpoint.read_ring if read_ring is None else read_ring
         #: Size of the write ring, when the backend knows it.
-        self.write_ring = write_ring
+        self.write_ring = endpoint.write_ring if write_ring is None else write_ring
 
     def _endpoint(self) -> Endpoint:
         ep = self._ep
@@ -230,8 +232,12 @@ class Vchan:
     def __enter__(self) -> Vchan:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
     def __repr__(self) -> str:
@@ -248,8 +254,15 @@ def _closed() -> ValueError:
     return ValueError("I/O operation on closed vchan")
 
 
-def server(domain: int, port: int, read_min: int = 65536, write_min: int = 65536, *,
-           allow_any_uid: bool | None = None, backend: str | None = None) -> Vchan:
+def server(
+    domain: int,
+    port: int,
+    read_min: int = 65536,
+    write_min: int = 65536,
+    *,
+    allow_any_uid: bool | None = None,
+    backend: str | None = None,
+) -> Vchan:
     """Listen for the client in ``domain`` on ``port``; returns at once, in WAITING state.
 
     ``backend``: an engine, ``"speedups"`` (compiled) or ``"python"`` (pure Python), or a
@@ -257,25 +270,37 @@ def server(domain: int, port: int, read_min: int = 65536, write_min: int = 65536
     ``None`` means ``$VCHAN_BACKEND``, else :data:`vchan.ENGINE`.
     """
     try:
-        endpoint, read_ring, write_ring = _backend.start_server(
-            domain, port, read_min, write_min, allow_any_uid=allow_any_uid, backend=backend)
+        endpoint = _backend.start_server(
+            domain, port, read_min, write_min, allow_any_uid=allow_any_uid, backend=backend
+        )
     except OSError as exc:
         raise from_oserror(exc) from None
-    return Vchan(endpoint, read_ring=read_ring, write_ring=write_ring)
+    return Vchan(endpoint)
 
 
-def client(domain: int, port: int, timeout: float | None = None, *,
-           allow_any_uid: bool | None = None, backend: str | None = None) -> Vchan:
+def client(
+    domain: int,
+    port: int,
+    timeout: float | None = None,
+    *,
+    allow_any_uid: bool | None = None,
+    backend: str | None = None,
+) -> Vchan:
     """Connect to the server in ``domain`` on ``port``, waiting for it to appear.
 
     ``timeout`` (seconds) bounds the wait: :class:`ConnectTimeout` (a TimeoutError).
     ``backend`` as for :func:`server`.
     """
     try:
-        pending = _backend.start_client(domain, port, allow_any_uid=allow_any_uid,
-                                        backend=backend)
+        pending = _backend.start_client(domain, port, allow_any_uid=allow_any_uid, backend=backend)
         endpoint = _backend.wait_client(pending, timeout)
     except OSError as exc:
         raise from_oserror(exc) from None
-    rings = _config.CLIENT_RING if _engine.is_channel(endpoint) else None
-    return Vchan(endpoint, read_ring=rings, write_ring=rings)
+    return Vchan(endpoint)
+
+
+def endpoint_of(vc: Vchan) -> Endpoint:
+    """The endpoint under ``vc`` (``ValueError`` once closed): for the layers built on a
+    :class:`Vchan` (:mod:`vchan.asyncio`, :mod:`vchan.anyio`), whose hot paths call it
+    directly. Not a public name."""
+    return vc._endpoint()

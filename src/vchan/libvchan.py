@@ -18,19 +18,34 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _engine
-from ._core import CONNECTED, DISCONNECTED, WAITING
+from ._constants import CONNECTED, DISCONNECTED, WAITING
 
 if TYPE_CHECKING:
     from . import _core, _speedups
     from ._engine import EngineChannel as Channel
 
 __all__ = [
-    "VCHAN_CONNECTED", "VCHAN_DISCONNECTED", "VCHAN_WAITING", "API", "for_engine",
-    "last_errno", "libvchan_buffer_space", "libvchan_client_init",
-    "libvchan_client_init_async", "libvchan_client_init_async_finish", "libvchan_close",
-    "libvchan_data_ready", "libvchan_fd_for_select", "libvchan_is_open", "libvchan_read",
-    "libvchan_recv", "libvchan_send", "libvchan_server_init", "libvchan_set_blocking",
-    "libvchan_wait", "libvchan_write",
+    "VCHAN_CONNECTED",
+    "VCHAN_DISCONNECTED",
+    "VCHAN_WAITING",
+    "API",
+    "for_engine",
+    "last_errno",
+    "libvchan_buffer_space",
+    "libvchan_client_init",
+    "libvchan_client_init_async",
+    "libvchan_client_init_async_finish",
+    "libvchan_close",
+    "libvchan_data_ready",
+    "libvchan_fd_for_select",
+    "libvchan_is_open",
+    "libvchan_read",
+    "libvchan_recv",
+    "libvchan_send",
+    "libvchan_server_init",
+    "libvchan_set_blocking",
+    "libvchan_wait",
+    "libvchan_write",
 ]
 
 #: :func:`libvchan_is_open`: the peer closed or died (final).
@@ -95,27 +110,28 @@ def libvchan_server_init(domain: int, port: int, read_min: int, write_min: int) 
     """Listen for the client in ``domain`` on ``port``; returns at once, state
     ``VCHAN_WAITING``. Rings per Xen's rules from ``read_min``/``write_min``. ``None`` on
     failure (EINVAL, ENAMETOOLONG, ENOENT, EEXIST, EADDRINUSE, ...)."""
-    return _server_init(_engine.Channel, domain, port, read_min, write_min)
+    return _server_init(_engine.channel_class(_engine.ENGINE), domain, port, read_min, write_min)
 
 
 def libvchan_client_init(domain: int, port: int) -> Channel | None:
     """Connect to the server of ``domain`` on ``port``, waiting for it to appear
     (rings 65536/65536). ``None`` on failure (EINVAL, ENAMETOOLONG, ENOENT, EACCES, ...)."""
-    return _client_init(_engine.Channel, domain, port)
+    return _client_init(_engine.channel_class(_engine.ENGINE), domain, port)
 
 
 def libvchan_client_init_async(domain: int, port: int) -> tuple[Channel, int] | None:
     """Start connecting without blocking: ``(handle, watch_fd)``, or
     ``None``. Poll ``watch_fd`` for readability, then call
     :func:`libvchan_client_init_async_finish` (C returns the fd through a pointer)."""
-    return _client_init_async(_engine.Channel, domain, port)
+    return _client_init_async(_engine.channel_class(_engine.ENGINE), domain, port)
 
 
 _Class = type["_core.Channel"] | type["_speedups.Channel"]  # vchan._engine.channel_class
 
 
-def _server_init(cls: _Class, domain: int, port: int, read_min: int,
-                 write_min: int) -> Channel | None:
+def _server_init(
+    cls: _Class, domain: int, port: int, read_min: int, write_min: int
+) -> Channel | None:
     return _guard(None, lambda: cls.server(domain, port, read_min, write_min))
 
 
@@ -226,8 +242,9 @@ class API:
     def __repr__(self) -> str:
         return f"<vchan.libvchan API over the {self.engine} engine>"
 
-    def libvchan_server_init(self, domain: int, port: int, read_min: int,
-                             write_min: int) -> Channel | None:
+    def libvchan_server_init(
+        self, domain: int, port: int, read_min: int, write_min: int
+    ) -> Channel | None:
         return _server_init(self._cls, domain, port, read_min, write_min)
 
     def libvchan_client_init(self, domain: int, port: int) -> Channel | None:

@@ -421,6 +421,7 @@ def test_close_race_under_asan(asan_clib, bindir, sockdir):
 # ------------------------------------------------------- found by the soak (tests/soak.py)
 
 
+@pytest.mark.spec("CLOSE-DELIVERS")
 def test_close_of_waiting_server_delivers_to_client_in_backlog(clib, sockdir):
     """Bytes sent on a WAITING server reach a client that connected (it sits in the backlog,
     not yet accepted) even when the server closes before any other call (soak seed 21)."""

@@ -90,6 +90,7 @@ def test_must_highest_domain_32751_and_large_port_accepted(api, sockdir, monkeyp
 BAD_DOMAINS = ["abc", "-1", "32752", " 1", "1 ", "", "1.0", "0x1", "99999999999999999999"]
 
 
+@pytest.mark.spec("ADDR-REFUSE-BAD")
 @pytest.mark.parametrize("value", BAD_DOMAINS, ids=repr)
 def test_must_refuse_bad_vchan_domain_server(api, sockdir, monkeypatch, value):
     monkeypatch.setenv("VCHAN_DOMAIN", value)
@@ -98,6 +99,7 @@ def test_must_refuse_bad_vchan_domain_server(api, sockdir, monkeypatch, value):
     assert os.listdir(sockdir) == [], "never fall back silently to a domain"
 
 
+@pytest.mark.spec("ADDR-REFUSE-BAD")
 @pytest.mark.parametrize("value", BAD_DOMAINS, ids=repr)
 def test_must_refuse_bad_vchan_domain_client(api, sockdir, monkeypatch, value):
     # a server listening on the domain-0 fallback path: a client that falls back connects
@@ -109,6 +111,7 @@ def test_must_refuse_bad_vchan_domain_client(api, sockdir, monkeypatch, value):
     assert api.libvchan_is_open(srv) == VCHAN_WAITING
 
 
+@pytest.mark.spec("ADDR-REFUSE-BAD")
 @pytest.mark.parametrize(("domain", "port"), [(-1, 1), (32752, 1), (2**31 - 1, 1), (0, -1)])
 def test_must_refuse_domain_or_port_out_of_range(api, sockdir, domain, port):
     assert api.libvchan_server_init(domain, port, 0, 0) is None
@@ -130,6 +133,7 @@ def _dir_for_path_len(sockdir: str, length: int) -> Path:
     return d
 
 
+@pytest.mark.spec("ADDR-REFUSE-BAD")
 def test_must_accept_path_of_107_bytes_untruncated(api, sockdir, monkeypatch):
     d = _dir_for_path_len(sockdir, 107)
     monkeypatch.setenv("VCHAN_SOCKET_DIR", str(d))
@@ -140,6 +144,7 @@ def test_must_accept_path_of_107_bytes_untruncated(api, sockdir, monkeypatch):
     assert cli is not None
 
 
+@pytest.mark.spec("ADDR-REFUSE-BAD")
 @pytest.mark.parametrize("length", [108, 150])
 def test_must_refuse_path_too_long_enametoolong(api, sockdir, monkeypatch, length):
     d = _dir_for_path_len(sockdir, length)

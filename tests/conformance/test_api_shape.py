@@ -12,6 +12,7 @@ import pytest
 from tests.conftest import VCHAN_DISCONNECTED, connected_pair
 
 
+@pytest.mark.spec("ADDR-REFUSE-BAD")
 @pytest.mark.parametrize(
     ("domain", "port"), [(2**40, 1), (0, 2**31), (0, 2**40), (-(2**40), 1), ("0", 1), (0, 1.0)]
 )
@@ -22,12 +23,14 @@ def test_must_refuse_unrepresentable_domain_or_port(api, sockdir, domain, port):
     assert api.last_errno() == errno.EINVAL
 
 
+@pytest.mark.spec("ADDR-REFUSE-BAD")
 @pytest.mark.parametrize("mins", [(-1, 0), (0, -1), (2**70, 0)])
 def test_must_refuse_bad_ring_minimum(api, sockdir, mins):
     assert api.libvchan_server_init(0, 1, *mins) is None
     assert api.last_errno() == errno.EINVAL
 
 
+@pytest.mark.spec("ADDR-REFUSE-BAD")
 def test_must_refuse_bad_sizes_and_buffers_with_einval(api, sockdir):
     srv, cli = connected_pair(api)
     assert api.libvchan_send(cli, b"abc", 3) == 3
@@ -48,6 +51,7 @@ def test_must_refuse_bad_sizes_and_buffers_with_einval(api, sockdir):
     assert api.libvchan_recv(srv, mv[2:], 3) == 3 and bytes(mv[2:5]) == b"xyz"
 
 
+@pytest.mark.spec("ADDR-REFUSE-BAD")
 def test_must_refuse_non_handles_with_einval(api, sockdir):
     buf = bytearray(4)
     for bad in (None, 0, "handle"):

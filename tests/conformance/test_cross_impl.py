@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.conftest import (
     VCHAN_CONNECTED,
     VCHAN_DISCONNECTED,
@@ -27,6 +29,7 @@ def _drain(api, h, n: int) -> bytes:
     return bytes(out)
 
 
+@pytest.mark.spec("WIRE-INTEROP", "WAITING-SEND-BUFFERS")
 def test_must_interoperate_across_implementations(api_pair, sockdir):
     sapi, capi = api_pair
     srv = sapi.libvchan_server_init(0, 1, 65536, 65536)
@@ -52,6 +55,7 @@ def test_must_interoperate_across_implementations(api_pair, sockdir):
     assert read_all_until_eof(sapi, srv) == b"last"
 
 
+@pytest.mark.spec("WIRE-INTEROP")
 def test_must_async_client_of_one_impl_reaches_server_of_other(api_pair, sockdir):
     sapi, capi = api_pair
     ret = capi.libvchan_client_init_async(0, 1)

@@ -312,6 +312,7 @@ def _plain_client(sockdir, port: int = 1) -> socket.socket:
     return c
 
 
+@pytest.mark.spec("READ-DATA-BEFORE-GONE")
 def test_must_survive_peer_reset_with_unread_data(api, sockdir):
     srv = api.libvchan_server_init(0, 1, 65536, 65536)
     c = _plain_client(sockdir)
@@ -371,6 +372,7 @@ def test_must_not_hang_with_peer_that_connects_and_never_writes(api, sockdir):
         c.close()
 
 
+@pytest.mark.spec("READ-DATA-BEFORE-GONE")
 def test_must_not_lose_bytes_from_plain_peer_with_any_chunking(api, sockdir):
     srv = api.libvchan_server_init(0, 1, 0, 0)
     c = _plain_client(sockdir)

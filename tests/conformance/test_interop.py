@@ -6,6 +6,8 @@ import os
 import socket
 import struct
 
+import pytest
+
 from tests.conftest import (
     TIMEOUT,
     VCHAN_CONNECTED,
@@ -59,6 +61,7 @@ def _exchange(api, h, s: socket.socket, size: int) -> None:
     assert w_theirs.result() == len(theirs)
 
 
+@pytest.mark.spec("WIRE-INTEROP", "WAITING-SEND-BUFFERS")
 def test_must_interop_plain_client_with_our_server(api, sockdir):
     srv = api.libvchan_server_init(0, 1, 65536, 65536)
     assert api.libvchan_send(srv, b"hello before connect", 20) == 20
@@ -77,6 +80,7 @@ def test_must_interop_plain_client_with_our_server(api, sockdir):
     assert read_all_until_eof(api, srv) == b"bye"
 
 
+@pytest.mark.spec("WIRE-INTEROP")
 def test_must_interop_our_client_with_plain_server(api, sockdir, monkeypatch):
     monkeypatch.setenv("VCHAN_DOMAIN", "4")
     lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -103,6 +107,7 @@ def test_must_interop_our_client_with_plain_server(api, sockdir, monkeypatch):
     assert read_all_until_eof(api, cli) == b"bye"
 
 
+@pytest.mark.spec("WIRE-INTEROP")
 def test_must_interop_our_client_waits_for_plain_server(api, sockdir):
     bg = run_bg(api.libvchan_client_init, 0, 1)
     bg.assert_blocked(0.1)

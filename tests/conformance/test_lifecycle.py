@@ -62,6 +62,7 @@ def test_must_server_init_returns_at_once_in_waiting(api, sockdir):
     assert os.path.exists(sock_path(sockdir, 0, 0, 1))
 
 
+@pytest.mark.spec("STATE-PROMPT")
 def test_must_is_open_connected_as_soon_as_client_connected_no_other_call(api, sockdir):
     srv = api.libvchan_server_init(0, 1, 0, 0)
     cli = bounded(api.libvchan_client_init, 0, 1)
@@ -71,6 +72,7 @@ def test_must_is_open_connected_as_soon_as_client_connected_no_other_call(api, s
     assert api.libvchan_is_open(srv) == VCHAN_CONNECTED
 
 
+@pytest.mark.spec("STATE-PROMPT")
 def test_must_is_open_connected_for_plain_socket_client_no_other_call(api, sockdir):
     srv = api.libvchan_server_init(0, 1, 0, 0)
     c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -81,6 +83,7 @@ def test_must_is_open_connected_for_plain_socket_client_no_other_call(api, sockd
         c.close()
 
 
+@pytest.mark.spec("STATE-PROMPT", "DATA-READY-KEEPS-BYTES", "READ-DATA-BEFORE-GONE")
 @pytest.mark.parametrize("closer", ["client", "server"])
 def test_must_is_open_disconnected_promptly_after_peer_close_unread_data_readable(
     api, sockdir, closer
@@ -97,6 +100,7 @@ def test_must_is_open_disconnected_promptly_after_peer_close_unread_data_readabl
     assert api.libvchan_is_open(stay) == VCHAN_DISCONNECTED
 
 
+@pytest.mark.spec("STATE-PROMPT", "DATA-READY-KEEPS-BYTES")
 def test_must_is_open_disconnected_promptly_after_peer_process_dies(api, sockdir):
     srv = api.libvchan_server_init(0, 1, 0, 0)
     path = str(sock_path(sockdir, 0, 0, 1))
@@ -169,6 +173,7 @@ def test_must_not_unlink_path_that_no_longer_names_our_socket_on_accept(api, soc
         c.close()
 
 
+@pytest.mark.spec("SERVER-SECOND-CLIENT")
 def test_must_not_leave_second_plain_client_connected_but_hung(api, sockdir):
     path = str(sock_path(sockdir, 0, 0, 1))
     srv = api.libvchan_server_init(0, 1, 0, 0)
@@ -206,6 +211,7 @@ def test_must_not_leave_second_plain_client_connected_but_hung(api, sockdir):
         c2.close()
 
 
+@pytest.mark.spec("SERVER-SECOND-CLIENT")
 def test_must_second_api_client_waits_for_a_new_server(api, sockdir):
     srv, cli = connected_pair(api)
     ret = bounded(api.libvchan_client_init_async, 0, 1)
@@ -246,6 +252,7 @@ def _client_latency(api, wait_before: float) -> tuple[float, float]:
     return bg.t_end - t_listen, cpu / elapsed
 
 
+@pytest.mark.spec("CLIENT-CONNECT-50MS")
 @pytest.mark.serial  # timing or CPU share: run on a quiet machine
 def test_must_client_connects_within_50ms_of_listen(api, sockdir):
     # several rounds, after short and longer waits (a growing back-off would show); on a
@@ -258,12 +265,14 @@ def test_must_client_connects_within_50ms_of_listen(api, sockdir):
     assert lat[len(lat) // 2] < 0.025, f"median connect latency too high: {shown}"
 
 
+@pytest.mark.spec("CLIENT-NO-BUSY-WAIT")
 @pytest.mark.serial  # timing or CPU share: run on a quiet machine
 def test_must_client_not_busy_wait_while_server_absent(api, sockdir):
     _, cpu_share = _client_latency(api, 0.5)
     assert cpu_share < 0.05, f"waiting client used {cpu_share:.1%} of a CPU"
 
 
+@pytest.mark.spec("CLIENT-CONNECT-50MS", "CLIENT-NO-BUSY-WAIT")
 @pytest.mark.serial  # timing or CPU share: run on a quiet machine
 def test_must_client_connects_after_stale_socket_file_replaced(api, sockdir):
     """A stale file (ECONNREFUSED) at the path must not delay the client beyond 50 ms."""
@@ -286,6 +295,7 @@ def test_must_client_connects_after_stale_socket_file_replaced(api, sockdir):
 # ---------------------------------------------------------------------------- async client
 
 
+@pytest.mark.spec("ASYNC-NEVER-BLOCKS")
 def test_must_async_client_never_blocks_while_server_absent(api, sockdir):
     t0 = time.monotonic()
     ret = bounded(api.libvchan_client_init_async, 0, 1, timeout=1)
@@ -301,6 +311,7 @@ def test_must_async_client_never_blocks_while_server_absent(api, sockdir):
     assert time.monotonic() - t1 < scaled(0.5)
 
 
+@pytest.mark.spec("ASYNC-WATCH-READABLE")
 @pytest.mark.serial  # timing or CPU share: run on a quiet machine
 def test_must_async_client_finish_returns_1_then_0_driven_by_watch_fd(api, sockdir):
     fds_before = _fds()
@@ -411,6 +422,7 @@ def test_must_close_from_other_thread_not_block_and_wakes_blocked_reader(api, so
     assert bg.result(2) == -1
 
 
+@pytest.mark.spec("CLOSE-DELIVERS")
 def test_must_deliver_bytes_written_before_close(api, sockdir):
     """Bytes accepted before close() reach a peer that keeps reading (more than any buffer)."""
     srv, cli = connected_pair(api, read_min=65536, write_min=65536)
@@ -435,6 +447,7 @@ def test_must_deliver_bytes_written_before_close(api, sockdir):
     assert bytes(got) == data
 
 
+@pytest.mark.spec("CLOSE-DELIVERS", "DELIVER-WITHOUT-WRITER")
 def test_must_deliver_accepted_nonblocking_bytes_after_close(api, sockdir):
     srv, cli = connected_pair(api, read_min=65536, write_min=65536)
     api.libvchan_set_blocking(srv, False)
@@ -547,6 +560,7 @@ def _child(fn) -> int:
     return os.waitstatus_to_exitcode(status)
 
 
+@pytest.mark.spec("FORK-CHILD-HARMLESS")
 def test_must_forked_child_closing_waiting_server_not_disturb_parent(api, sockdir):
     srv = api.libvchan_server_init(0, 1, 0, 0)
     path = sock_path(sockdir, 0, 0, 1)
@@ -561,6 +575,7 @@ def test_must_forked_child_closing_waiting_server_not_disturb_parent(api, sockdi
     assert bounded(api.libvchan_recv, cli, buf, 10) == 10 and buf == b"still here"
 
 
+@pytest.mark.spec("FORK-CHILD-HARMLESS")
 def test_must_forked_child_closing_connected_channel_not_disturb_parent(api, sockdir):
     srv, cli = connected_pair(api)
 
@@ -580,6 +595,7 @@ def test_must_forked_child_closing_connected_channel_not_disturb_parent(api, soc
     assert bounded(api.libvchan_recv, srv, buf, len(data)) == len(data) and buf == data
 
 
+@pytest.mark.spec("FORK-CHILD-HARMLESS")
 def test_must_forked_child_exiting_without_close_not_disturb_parent(api, sockdir):
     srv, cli = connected_pair(api)
     assert _child(lambda: None) == 0
@@ -610,6 +626,7 @@ def _qrexec_wait_for_connection(api, h, watch_fd: int, timeout: float) -> float:
             return time.monotonic() - t0
 
 
+@pytest.mark.spec("ASYNC-WATCH-READABLE")
 def test_must_async_watch_fd_readable_at_once_when_server_listens(api, sockdir):
     srv = api.libvchan_server_init(0, 1, 0, 0)
     ret = api.libvchan_client_init_async(0, 1)
@@ -621,6 +638,7 @@ def test_must_async_watch_fd_readable_at_once_when_server_listens(api, sockdir):
     wait_until(lambda: api.libvchan_is_open(srv) == VCHAN_CONNECTED)
 
 
+@pytest.mark.spec("ASYNC-WATCH-READABLE", "WAITING-SEND-BUFFERS")
 def test_must_async_watch_fd_qrexec_sequence_connects_at_once(api, sockdir):
     """The exact sequence of qrexec's data connections, server already listening."""
     srv = api.libvchan_server_init(0, 1, 0, 0)
@@ -634,6 +652,7 @@ def test_must_async_watch_fd_qrexec_sequence_connects_at_once(api, sockdir):
     assert bounded(api.libvchan_recv, h, buf, 8) == 8 and buf == b"hello-01"
 
 
+@pytest.mark.spec("ASYNC-WATCH-READABLE")
 @pytest.mark.serial  # timing or CPU share: run on a quiet machine
 def test_must_async_watch_fd_readable_within_50ms_of_server_appearing(api, sockdir):
     ret = api.libvchan_client_init_async(0, 1)
@@ -671,6 +690,7 @@ def _until_state(api, h, state: int) -> None:
     wait_until(lambda: api.libvchan_is_open(h) == state, PROMPT)
 
 
+@pytest.mark.spec("SESSION-RESTART")
 @pytest.mark.serial  # timing or CPU share: run on a quiet machine
 @pytest.mark.parametrize("client_first", [False, True], ids=["server-first", "client-waits"])
 def test_must_session_restarts_on_same_port_qubesdb_pattern(api, sockdir, client_first):
@@ -722,6 +742,7 @@ def _idle_cpu_share(seconds: float) -> float:
     return (_cpu() - cpu0) / (time.monotonic() - t0)
 
 
+@pytest.mark.spec("STATE-PROMPT", "DATA-READY-KEEPS-BYTES")
 @pytest.mark.serial  # timing or CPU share: run on a quiet machine
 @pytest.mark.parametrize("full", ["our-read-ring", "our-write-ring"])
 def test_must_is_open_disconnected_promptly_when_peer_leaves_ring_full(api, sockdir, full):

@@ -100,6 +100,7 @@ def test_must_select_fd_same_number_async_client(api, sockdir):
 # ---------------------------------------------------------------------------- events
 
 
+@pytest.mark.spec("NOTIFY-WAITING-QUIET")
 def test_must_waiting_server_fd_not_readable_before_client_connects(api, sockdir):
     srv = api.libvchan_server_init(0, 1, 0, 0)
     fd = _fd(api, srv)
@@ -112,6 +113,7 @@ def test_must_waiting_server_fd_not_readable_before_client_connects(api, sockdir
     assert not fd_readable(fd, SETTLE)
 
 
+@pytest.mark.spec("NOTIFY-WAITING-QUIET")
 def test_must_server_fd_readable_when_client_connected_qrexec_pattern(api, sockdir):
     """qrexec: one poll() on the fd, one wait(), then the channel is treated as connected."""
     srv = api.libvchan_server_init(0, 1, 0, 0)
@@ -126,6 +128,7 @@ def test_must_server_fd_readable_when_client_connected_qrexec_pattern(api, sockd
         c.close()
 
 
+@pytest.mark.spec("NOTIFY-WAITING-QUIET")
 def test_must_wait_on_waiting_server_blocks_until_client_connects(api, sockdir):
     srv = api.libvchan_server_init(0, 1, 0, 0)
     bg = run_bg(api.libvchan_wait, srv)
@@ -136,6 +139,7 @@ def test_must_wait_on_waiting_server_blocks_until_client_connects(api, sockdir):
     assert api.libvchan_is_open(srv) == VCHAN_CONNECTED
 
 
+@pytest.mark.spec("NOTIFY-NO-MISSED-EVENT")
 def test_must_fd_readable_after_data_arrives(api, sockdir):
     srv, cli = connected_pair(api)
     for h, peer in ((srv, cli), (cli, srv)):
@@ -146,6 +150,7 @@ def test_must_fd_readable_after_data_arrives(api, sockdir):
         assert fd_readable(_fd(api, h), TIMEOUT)
 
 
+@pytest.mark.spec("NOTIFY-NO-MISSED-EVENT")
 def test_must_fd_readable_after_peer_consumed_data(api, sockdir):
     """Asked twice (the fill's last write fell short, then buffer_space()): woken once."""
     srv, cli = connected_pair(api)
@@ -157,6 +162,7 @@ def test_must_fd_readable_after_peer_consumed_data(api, sockdir):
     assert fd_readable(_fd(api, srv), TIMEOUT), "space freed but writer not woken"
 
 
+@pytest.mark.spec("NOTIFY-NO-MISSED-EVENT")
 @pytest.mark.parametrize("closer", ["client", "server"])
 def test_must_fd_readable_after_peer_closes(api, sockdir, closer):
     srv, cli = connected_pair(api)
@@ -168,6 +174,7 @@ def test_must_fd_readable_after_peer_closes(api, sockdir, closer):
     assert api.libvchan_is_open(stay) == VCHAN_DISCONNECTED
 
 
+@pytest.mark.spec("NOTIFY-NO-MISSED-EVENT")
 def test_must_fd_readable_after_plain_peer_closes_with_our_data_unread(api, sockdir):
     srv = api.libvchan_server_init(0, 1, 0, 0)
     c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -214,6 +221,7 @@ def _do(api, h, call: str) -> None:
         assert api.libvchan_is_open(h) == VCHAN_CONNECTED
 
 
+@pytest.mark.spec("NOTIFY-WAIT-AFTER-POLL")
 @pytest.mark.parametrize("call", CALLS)
 @pytest.mark.parametrize("mode", ["blocking", "nonblocking"])
 def test_must_only_wait_clears_readiness(api, sockdir, call, mode):
@@ -226,6 +234,7 @@ def test_must_only_wait_clears_readiness(api, sockdir, call, mode):
     assert bounded(api.libvchan_wait, srv, timeout=1) == 0
 
 
+@pytest.mark.spec("NOTIFY-WAIT-AFTER-POLL")
 @pytest.mark.parametrize("call", ["read", "recv", "data_ready", "buffer_space", "is_open", "send"])
 def test_must_only_wait_clears_peer_closed_event(api, sockdir, call):
     srv, cli = connected_pair(api)
@@ -247,6 +256,7 @@ def test_must_only_wait_clears_peer_closed_event(api, sockdir, call):
     assert bounded(api.libvchan_wait, srv, timeout=1) == 0
 
 
+@pytest.mark.spec("NOTIFY-WAIT-AFTER-POLL")
 @pytest.mark.parametrize("call", ["data_ready", "buffer_space", "is_open"])
 def test_must_only_wait_clears_client_connected_event(api, sockdir, call):
     srv = api.libvchan_server_init(0, 1, 0, 0)
@@ -300,6 +310,7 @@ def test_must_no_spinning_when_own_output_full(api, sockdir):
     assert not fd_readable(_fd(api, srv), SETTLE)
 
 
+@pytest.mark.spec("DATA-READY-KEEPS-BYTES")
 def test_must_no_spinning_after_disconnect_wait(api, sockdir):
     srv, cli = connected_pair(api)
     settle(api, srv)
@@ -314,6 +325,7 @@ def test_must_no_spinning_after_disconnect_wait(api, sockdir):
 # ---------------------------------------------------------------------------- no lost wake-up
 
 
+@pytest.mark.spec("NOTIFY-NO-MISSED-EVENT")
 def test_must_no_lost_wakeup_data_after_data_ready_returned(api, sockdir):
     srv, cli = connected_pair(api)
     for i in range(20):
@@ -324,6 +336,7 @@ def test_must_no_lost_wakeup_data_after_data_ready_returned(api, sockdir):
         assert read_exact(api, srv, 1) == b"z"
 
 
+@pytest.mark.spec("NOTIFY-NO-MISSED-EVENT")
 def test_must_no_lost_wakeup_space_after_buffer_space_returned(api, sockdir):
     srv, cli = connected_pair(api)
     for i in range(3):
@@ -334,6 +347,7 @@ def test_must_no_lost_wakeup_space_after_buffer_space_returned(api, sockdir):
         assert fd_readable(_fd(api, srv), TIMEOUT), f"round {i}: space event lost"
 
 
+@pytest.mark.spec("NOTIFY-NO-MISSED-EVENT")
 def test_must_no_lost_wakeup_concurrent_waiter(api, sockdir):
     """A thread in the classic loop (data_ready, else wait) always sees every message."""
     srv, cli = connected_pair(api)
@@ -425,6 +439,7 @@ def _wait_between(api, h, peer, between: str) -> Bg | None:
     return bg
 
 
+@pytest.mark.spec("NOTIFY-UNASKED-QUIET")
 @pytest.mark.parametrize("mode", ["blocking", "nonblocking"])
 @pytest.mark.parametrize("size", [1, 1000])
 @pytest.mark.parametrize("first", ["server", "client"])
@@ -452,6 +467,7 @@ def test_must_select_ping_pong_peer_reads_do_not_wake_the_sender(api, sockdir, f
     assert not fd_readable(_fd(api, b)), "a late wake-up after the exchanges"
 
 
+@pytest.mark.spec("NOTIFY-NO-MISSED-EVENT")
 @pytest.mark.parametrize("between", ["none", "returned", "blocked"])
 @pytest.mark.parametrize("short", ["partial", "zero"])
 @pytest.mark.parametrize("side", ["server", "client"])
@@ -480,6 +496,7 @@ def test_must_short_nonblocking_write_requests_consumption_event(
     _woken(api, h, bg, "asked by a short write, not woken by the read")
 
 
+@pytest.mark.spec("NOTIFY-NO-MISSED-EVENT")
 @pytest.mark.parametrize("between", ["none", "returned", "blocked"])
 @pytest.mark.parametrize("when", ["before_data", "after_data"])
 @pytest.mark.parametrize("side", ["server", "client"])
@@ -503,6 +520,7 @@ def test_must_buffer_space_requests_consumption_event(api, sockdir, side, when, 
     _woken(api, h, bg, "asked by buffer_space(), not woken by the read")
 
 
+@pytest.mark.spec("NOTIFY-UNASKED-QUIET")
 @pytest.mark.parametrize("arm", ["buffer_space", "short_write", "send_0"])
 @pytest.mark.parametrize("side", ["server", "client"])
 def test_must_consumption_request_is_one_shot(api, sockdir, side, arm):
@@ -528,6 +546,7 @@ def test_must_consumption_request_is_one_shot(api, sockdir, side, arm):
     assert not fd_readable(_fd(api, h), SETTLE), "a late unasked wake-up"
 
 
+@pytest.mark.spec("NOTIFY-NO-MISSED-EVENT")
 @pytest.mark.parametrize("arm", ["buffer_space", "short_write"])
 @pytest.mark.parametrize("side", ["server", "client"])
 def test_must_request_made_after_consumption_survives_the_wait_that_clears_it(
@@ -553,6 +572,7 @@ def test_must_request_made_after_consumption_survives_the_wait_that_clears_it(
     assert fd_readable(_fd(api, h), TIMEOUT), "request 2 (made before wait()) was lost"
 
 
+@pytest.mark.spec("NOTIFY-NO-MISSED-EVENT")
 @pytest.mark.parametrize("side", ["server", "client"])
 def test_must_nonblocking_send_returning_0_requests_consumption_event(api, sockdir, side):
     h, peer = _ends(api, side)
@@ -563,6 +583,7 @@ def test_must_nonblocking_send_returning_0_requests_consumption_event(api, sockd
     assert fd_readable(_fd(api, h), TIMEOUT), "asked by send() == 0, not woken by the read"
 
 
+@pytest.mark.spec("NOTIFY-NO-MISSED-EVENT")
 @pytest.mark.parametrize("call", ["write", "send"])
 @pytest.mark.parametrize(("side", "ring"), [("server", 2048), ("client", 65536)])
 def test_must_blocking_call_that_had_to_wait_requests_consumption_event(
@@ -587,6 +608,7 @@ def test_must_blocking_call_that_had_to_wait_requests_consumption_event(
     assert fd_readable(_fd(api, h), TIMEOUT), f"a blocking {call} that waited did not ask"
 
 
+@pytest.mark.spec("NOTIFY-NO-MISSED-EVENT")
 def test_must_data_connect_close_wake_with_no_request_ever_made(api, sockdir):
     """No buffer_space(), no short write anywhere: the three unconditional events."""
     srv = api.libvchan_server_init(0, 1, 0, 0)
@@ -614,6 +636,7 @@ def test_must_data_connect_close_wake_with_no_request_ever_made(api, sockdir):
 # ---------------------------------------------------------------------------- poll, read, wait
 
 
+@pytest.mark.spec("NOTIFY-WAIT-AFTER-POLL")
 @pytest.mark.parametrize("poll_again", [False, True])
 @pytest.mark.parametrize("call", ["read", "read_part", "recv"])
 @pytest.mark.parametrize("mode", ["blocking", "nonblocking"])
@@ -645,6 +668,7 @@ def test_must_wait_returns_at_once_after_read_between_poll_and_wait(
     assert api.libvchan_is_open(h) == VCHAN_CONNECTED
 
 
+@pytest.mark.spec("NOTIFY-WAIT-AFTER-POLL")
 def test_must_waiting_server_wait_after_connect_polled_then_is_open(api, sockdir):
     """The client-connected event is consumed by is_open() (it takes the client), yet the
     wait() after the fd polled readable returns at once."""
@@ -659,6 +683,8 @@ def test_must_waiting_server_wait_after_connect_polled_then_is_open(api, sockdir
         assert api.libvchan_is_open(srv) == VCHAN_CONNECTED
     finally:
         c.close()
+
+
 # ---------------------------------------------------------------------------- consumption
 # SPEC §5 (new): the peer's consumption wakes this end only when it asked, by buffer_space()
 # or a short write; a request is one-shot and a wait() does not cancel it.
@@ -673,6 +699,7 @@ def _poll_wait_recv(api, h, n: int) -> bytes:
     return bytes(buf)
 
 
+@pytest.mark.spec("NOTIFY-UNASKED-QUIET")
 def test_must_unasked_peer_reads_not_wake_sender_select_pingpong(api, sockdir):
     srv, cli = connected_pair(api)
     settle(api, srv)
@@ -687,6 +714,7 @@ def test_must_unasked_peer_reads_not_wake_sender_select_pingpong(api, sockdir):
         assert not fd_readable(_fd(api, srv), 0.02), f"round {i}: client's read woke server"
 
 
+@pytest.mark.spec("NOTIFY-NO-MISSED-EVENT", "NOTIFY-UNASKED-QUIET")
 @pytest.mark.parametrize("how", ["short_write", "buffer_space"])
 def test_must_consumption_request_one_shot_survives_wait(api, sockdir, how):
     srv, cli = connected_pair(api)
@@ -711,6 +739,7 @@ def test_must_consumption_request_one_shot_survives_wait(api, sockdir, how):
     assert not fd_readable(_fd(api, srv), SETTLE), "a request woke more than once"
 
 
+@pytest.mark.spec("NOTIFY-NO-MISSED-EVENT")
 def test_must_consumption_request_made_while_connecting_kept(api, sockdir):
     ret = api.libvchan_client_init_async(0, 1)
     assert ret is not None
@@ -727,6 +756,7 @@ def test_must_consumption_request_made_while_connecting_kept(api, sockdir):
     assert fd_readable(_fd(api, h), TIMEOUT), "the request made while connecting was lost"
 
 
+@pytest.mark.spec("NOTIFY-WAIT-AFTER-POLL")
 @pytest.mark.parametrize("armed", [False, True])
 def test_must_wait_not_block_after_poll_readable_then_read(api, sockdir, armed):
     srv, cli = connected_pair(api)
@@ -756,6 +786,7 @@ def test_must_no_spinning_unread_data_with_request_armed(api, sockdir):
 # ----------------------------------------- the connection and its first bytes: two events
 
 
+@pytest.mark.spec("NOTIFY-CONNECT-THEN-DATA")
 @pytest.mark.parametrize("accept_in", ["wait", "is_open"])
 def test_must_wait_reporting_connection_leaves_fd_readable_for_bytes_already_there(
     api, sockdir, accept_in
@@ -776,6 +807,7 @@ def test_must_wait_reporting_connection_leaves_fd_readable_for_bytes_already_the
     assert not fd_readable(fd, SETTLE), "one event per message, no more"
 
 
+@pytest.mark.spec("NOTIFY-CONNECT-THEN-DATA")
 def test_must_wait_reporting_connection_no_bytes_no_extra_readiness(api, sockdir):
     srv = api.libvchan_server_init(0, 1, 0, 0)
     fd = _fd(api, srv)
@@ -788,6 +820,7 @@ def test_must_wait_reporting_connection_no_bytes_no_extra_readiness(api, sockdir
     assert fd_readable(fd, TIMEOUT)
 
 
+@pytest.mark.spec("NOTIFY-CONNECT-THEN-DATA")
 def test_must_qrexec_client_handshake_then_poll_not_stall(api, sockdir):
     """qrexec-client, server of its data connection: poll + wait() for the client, a
     blocking recv() of its hello, send its own, buffer_space(), then poll before sending the
@@ -809,6 +842,7 @@ def test_must_qrexec_client_handshake_then_poll_not_stall(api, sockdir):
     assert bounded(api.libvchan_wait, srv, timeout=QUICK) == 0
 
 
+@pytest.mark.spec("NOTIFY-CONNECT-THEN-DATA", "WAITING-SEND-BUFFERS")
 def test_must_async_client_connection_and_server_handshake_are_two_events(api, sockdir):
     """Client side: connected at once to a server that already sent its handshake."""
     srv = api.libvchan_server_init(0, 1, 0, 0)

@@ -30,9 +30,21 @@ WRITE, SEND, READ, RECV, DATA_READY, BUFFER_SPACE, SET_BLOCKING, WAIT, IS_OPEN, 
 RAW_SEND, RAW_RECV, RAW_SHUTDOWN, RAW_RESET, PAUSE = 10, 11, 12, 13, 14
 SIZED = {WRITE, SEND, READ, RECV, RAW_SEND, RAW_RECV}
 WEIGHTS = {
-    WRITE: 14, SEND: 8, READ: 14, RECV: 8, DATA_READY: 6, BUFFER_SPACE: 8,
-    SET_BLOCKING: 5, WAIT: 4, IS_OPEN: 3, CLOSE: 1, RAW_SEND: 8, RAW_RECV: 6,
-    RAW_SHUTDOWN: 1, RAW_RESET: 1, PAUSE: 1,
+    WRITE: 14,
+    SEND: 8,
+    READ: 14,
+    RECV: 8,
+    DATA_READY: 6,
+    BUFFER_SPACE: 8,
+    SET_BLOCKING: 5,
+    WAIT: 4,
+    IS_OPEN: 3,
+    CLOSE: 1,
+    RAW_SEND: 8,
+    RAW_RECV: 6,
+    RAW_SHUTDOWN: 1,
+    RAW_RESET: 1,
+    PAUSE: 1,
 }
 EDGES = [1, 2, 1023, 1024, 1025, 2047, 2048, 2049, 4095, 4096, 4097, 65535, 65536, 65537]
 
@@ -63,8 +75,7 @@ def generate(rng: random.Random) -> bytes:
         op = rng.choices(ops, weights)[0]
         if op == CLOSE and rng.random() < 0.7:
             continue  # keep most sequences long enough to matter
-        out.append(op | (rng.randrange(2) << 4) | (rng.randrange(2) << 5)
-                   | (rng.randrange(4) << 6))
+        out.append(op | (rng.randrange(2) << 4) | (rng.randrange(2) << 5) | (rng.randrange(4) << 6))
         if op in SIZED:
             enc, n = size_bytes(rng)
             if op == RAW_SEND:
@@ -78,8 +89,10 @@ def generate(rng: random.Random) -> bytes:
 
 
 def run_batch(binary: Path, inputs: list[bytes], crashes: Path, timeout: float) -> bool:
-    with tempfile.TemporaryDirectory(prefix="vchan-fuzz-in.") as tmp, \
-            tempfile.TemporaryDirectory(prefix="vf", dir="/tmp") as sockdir:
+    with (
+        tempfile.TemporaryDirectory(prefix="vchan-fuzz-in.") as tmp,
+        tempfile.TemporaryDirectory(prefix="vf", dir="/tmp") as sockdir,
+    ):
         for i, data in enumerate(inputs):
             (Path(tmp) / f"{i:06d}").write_bytes(data)
         env = dict(os.environ, VCHAN_SOCKET_DIR=sockdir, VCHAN_FUZZ_KEEP_DIR="1")
@@ -88,22 +101,33 @@ def run_batch(binary: Path, inputs: list[bytes], crashes: Path, timeout: float) 
         env.pop("LD_PRELOAD", None)  # the driver links the ASan runtime itself
         env.pop("VCHAN_DOMAIN", None)
         try:
-            proc = subprocess.run([str(binary), tmp], env=env, capture_output=True,
-                                  text=True, timeout=timeout, check=False)
+            proc = subprocess.run(
+                [str(binary), tmp],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
             ok, err = proc.returncode == 0, proc.stderr
             why = f"exit status {proc.returncode}"
         except subprocess.TimeoutExpired as exc:
             ok, why = False, f"no exit within {timeout} s"
-            err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) \
+            err = (
+                exc.stderr.decode(errors="replace")
+                if isinstance(exc.stderr, bytes)
                 else (exc.stderr or "")
+            )
         if ok:
             return True
         played = [ln for ln in err.splitlines() if ln.startswith(tmp)]
         culprit = Path(played[-1]) if played else None
         crashes.mkdir(parents=True, exist_ok=True)
         print(f"vchan-fuzz FAILED ({why}):", file=sys.stderr)
-        print("\n".join(ln for ln in err.splitlines() if not ln.startswith(tmp))[-6000:],
-              file=sys.stderr)
+        print(
+            "\n".join(ln for ln in err.splitlines() if not ln.startswith(tmp))[-6000:],
+            file=sys.stderr,
+        )
         if culprit is not None and culprit.exists():
             dest = crashes / f"crash-{int(time.time())}-{culprit.name}"
             shutil.copy(culprit, dest)
@@ -134,8 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         n = args.batch if args.count is None else min(args.batch, args.count - played)
         if n <= 0 or (end is not None and time.monotonic() >= end):
             break
-        if not run_batch(args.binary, [generate(rng) for _ in range(n)], args.crashes,
-                         args.timeout):
+        if not run_batch(
+            args.binary, [generate(rng) for _ in range(n)], args.crashes, args.timeout
+        ):
             print(f"(seed {seed}, after {played} inputs)", file=sys.stderr)
             return 1
         played += n

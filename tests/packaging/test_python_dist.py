@@ -18,19 +18,38 @@ import pytest
 
 from tests.c.conftest import run
 from tests.c.test_clib import _exchange
+from tests.conftest import REPO
 from tests.packaging.conftest import PACKAGING_TIMEOUT, RELEASE, env_without, listing
 
 #: What a run in the fresh environment must not inherit from this one.
-INHERITED = ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME", "VCHAN_BACKEND", "VCHAN_DOMAIN",
-             "VCHAN_PURE_PYTHON")
+INHERITED = (
+    "PYTHONPATH",
+    "VIRTUAL_ENV",
+    "PYTHONHOME",
+    "VCHAN_BACKEND",
+    "VCHAN_DOMAIN",
+    "VCHAN_PURE_PYTHON",
+)
 PY = f"cp{sys.version_info.major}{sys.version_info.minor}"
 ARCH = platform.machine()
 EXTENSION = f"vchan/_speedups{sysconfig.get_config_var('EXT_SUFFIX')}"
 #: The C sources the sdist carries to build the extension, and nothing else of the C tree.
 C_SOURCES = {
-    "speedups/_speedups.c", "speedups/exports.map", "libvchan-socket/internal.h",
+    "speedups/_speedups.c",
+    "speedups/exports.map",
+    "libvchan-socket/internal.h",
     "libvchan-socket/libvchan.h",
-    *(f"libvchan-socket/{f}.c" for f in ("util", "init", "io", "notify", "pusher")),
+    "libvchan-socket/Makefile",  # setup.py reads SRCS from it
+    *(
+        f"libvchan-socket/{f}"
+        for f in re.search(
+            r"^SRCS\s*:?=\s*(.+)$",
+            (REPO / "libvchan-socket" / "Makefile").read_text(),
+            re.M,
+        )
+        .group(1)  # type: ignore[union-attr]
+        .split()
+    ),
 }
 WHEELS = {
     "platform": rf"vchan-{re.escape(RELEASE)}-{PY}-{PY}-linux_{ARCH}\.whl",
@@ -73,8 +92,12 @@ def test_wheel_contents(pydist: Path, kind: str) -> None:
         assert not name.endswith(".so") or name == EXTENSION, shown
     assert {n for n in names if n.startswith("vchan/")} >= {
         "vchan/__init__.py",
-        "vchan/asyncio.py",
-        "vchan/cli.py",
+        "vchan/asyncio/__init__.py",
+        "vchan/asyncio/transport.py",
+        "vchan/asyncio/streams.py",
+        "vchan/asyncio/server.py",
+        "vchan/cli/__init__.py",
+        "vchan/cli/parser.py",
         "vchan/_version.py",
         "vchan/_speedups.pyi",
     }
@@ -85,13 +108,23 @@ def test_sdist_contents(pydist: Path) -> None:
     with tarfile.open(sdist) as tar:
         names = [m.name.split("/", 1)[1] for m in tar.getmembers() if "/" in m.name]
     shown = listing(names)
-    for needed in ("version", "pyproject.toml", "setup.py", "LICENSE", "README.md",
-                   "src/vchan/py.typed", *C_SOURCES):
+    for needed in (
+        "version",
+        "pyproject.toml",
+        "setup.py",
+        "LICENSE",
+        "README.md",
+        "src/vchan/py.typed",
+        *C_SOURCES,
+    ):
         assert needed in names, shown
     for name in names:
         assert not name.startswith(("tests/", "bench/", ".venv/", "build/")), shown
-        assert not name.startswith(("libvchan-socket/", "speedups/")) or name in C_SOURCES or \
-            name.endswith("/"), shown
+        assert (
+            not name.startswith(("libvchan-socket/", "speedups/"))
+            or name in C_SOURCES
+            or name.endswith("/")
+        ), shown
         assert "__pycache__" not in name and not name.endswith((".pyc", ".so", ".o")), shown
 
 
@@ -128,8 +161,11 @@ def fresh_venv(
         return _fresh_venv(_wheel(pydist, request.param), where), "speedups"
     (sdist,) = pydist.glob("vchan-*.tar.gz")
     out = where / "wheel"
-    run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", out, sdist],
-        timeout=PACKAGING_TIMEOUT, env=env_without(*INHERITED, CC="/nonexistent/cc"))
+    run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", out, sdist],
+        timeout=PACKAGING_TIMEOUT,
+        env=env_without(*INHERITED, CC="/nonexistent/cc"),
+    )
     (wheel,) = out.glob("*.whl")
     assert wheel.name == f"vchan-{RELEASE}-py3-none-any.whl"
     with zipfile.ZipFile(wheel) as whl:

@@ -97,7 +97,7 @@ class Peer:
         """
         end = deadline(timeout)
         while True:
-            lines = self.lines[self._cursor:]
+            lines = self.lines[self._cursor :]
             for i, line in enumerate(lines):
                 if line.split(" ", 1)[0] == word:
                     self._cursor += i + 1

@@ -136,6 +136,7 @@ def test_close_race_repeated(api, sockdir):
         api.close_all()  # the peer of a connected pair
 
 
+@pytest.mark.spec("CLOSE-DELIVERS")
 @pytest.mark.parametrize("size", [1, 2048])
 def test_close_right_after_client_connected_delivers_early_writes(api, sockdir, size):
     """Found by the soak (seed 3): a WAITING server buffers a write, a client connects

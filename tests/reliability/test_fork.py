@@ -69,6 +69,7 @@ def _write_stream(api, h, seed: int) -> int:
     return sent
 
 
+@pytest.mark.spec("FORK-CHILD-HARMLESS")
 @pytest.mark.parametrize("child", ["close", "exit", "sigkill"])
 def test_fork_during_transfer_child_close_leaves_parent_intact(api, sockdir, child):
     srv, cli = connected_pair(api, read_min=RING, write_min=RING)
@@ -98,6 +99,7 @@ def test_fork_during_transfer_child_close_leaves_parent_intact(api, sockdir, chi
     assert api.libvchan_is_open(cli) == VCHAN_CONNECTED
 
 
+@pytest.mark.spec("FORK-CHILD-HARMLESS")
 def test_fork_while_waiting_server_pushes_early_writes(api, sockdir):
     """A WAITING server holds early writes (a pusher waits to accept); a child closes it."""
     srv = api.libvchan_server_init(0, 1, RING, RING)
@@ -117,6 +119,7 @@ def test_fork_while_waiting_server_pushes_early_writes(api, sockdir):
     assert check.count == RING and check.bad is None
 
 
+@pytest.mark.spec("FORK-CHILD-HARMLESS")
 def test_fork_child_closing_does_not_steal_client(api, sockdir):
     """The child closes its copy of a WAITING server while a client arrives in the parent."""
     srv = api.libvchan_server_init(0, 1, 0, 0)

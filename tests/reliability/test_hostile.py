@@ -127,6 +127,7 @@ def test_peer_never_reads_then_leaves_blocked_writer_gets_epipe(
 # ------------------------------------------------------------------------ never writes
 
 
+@pytest.mark.spec("STATE-PROMPT")
 @pytest.mark.serial  # timing or CPU share: run on a quiet machine
 @pytest.mark.parametrize("our_role", ROLES)
 def test_peer_never_writes(api, sockdir, our_role):
@@ -154,6 +155,7 @@ def test_peer_never_writes(api, sockdir, our_role):
 # ---------------------------------------------------------------------------- resets
 
 
+@pytest.mark.spec("STATE-PROMPT", "DATA-READY-KEEPS-BYTES", "READ-DATA-BEFORE-GONE")
 @pytest.mark.parametrize("our_role", ROLES)
 def test_peer_resets_connection(api, sockdir, sigpipe_watch, our_role):
     h, peer = _hostile_pair(api, sockdir, our_role)
@@ -172,6 +174,7 @@ def test_peer_resets_connection(api, sockdir, sigpipe_watch, our_role):
     assert not sigpipe_watch
 
 
+@pytest.mark.spec("STATE-PROMPT")
 @pytest.mark.parametrize("call", ["read", "recv", "write", "wait"])
 def test_peer_resets_during_blocked_call(api, sockdir, sigpipe_watch, call):
     h, peer = _hostile_pair(api, sockdir, "server")
@@ -199,6 +202,7 @@ def test_peer_resets_during_blocked_call(api, sockdir, sigpipe_watch, call):
     assert not sigpipe_watch
 
 
+@pytest.mark.spec("READ-DATA-BEFORE-GONE", "STATE-PROMPT")
 def test_client_connects_and_resets_before_accept(api, sockdir, sigpipe_watch):
     srv = api.libvchan_server_init(0, 1, 0, 0)
     assert api.libvchan_send(srv, b"early", 5) == 5  # held for the client
@@ -217,6 +221,7 @@ def test_client_connects_and_resets_before_accept(api, sockdir, sigpipe_watch):
 # --------------------------------------------------------------------------- trickles
 
 
+@pytest.mark.spec("NOTIFY-NO-MISSED-EVENT")
 @pytest.mark.parametrize("our_role", ROLES)
 def test_peer_trickles_one_byte_at_a_time_to_us(api, sockdir, our_role):
     h, peer = _hostile_pair(api, sockdir, our_role)

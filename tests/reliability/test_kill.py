@@ -55,6 +55,7 @@ SENDERS = {
 }
 
 
+@pytest.mark.spec("READ-DATA-BEFORE-GONE", "STATE-PROMPT", "DATA-READY-KEEPS-BYTES")
 @pytest.mark.parametrize("reader", ["blocking-thread", "paused"])
 @pytest.mark.parametrize("sender", sorted(SENDERS))
 @pytest.mark.parametrize("our_role", ["server", "client"])
@@ -113,6 +114,7 @@ def _writer(api, h, seed: int, blocking: bool):
         sent += n
 
 
+@pytest.mark.spec("STATE-PROMPT")
 @pytest.mark.parametrize("mode", ["blocking", "nonblocking+wait"])
 @pytest.mark.parametrize("our_role", ["server", "client"])
 def test_sigkill_receiving_peer_writer_gets_epipe_promptly(
@@ -133,6 +135,7 @@ def test_sigkill_receiving_peer_writer_gets_epipe_promptly(
     assert not sigpipe_watch, "SIGPIPE raised"
 
 
+@pytest.mark.spec("READ-DATA-BEFORE-GONE")
 @pytest.mark.parametrize("our_role", ["server", "client"])
 def test_sigkill_peer_during_blocking_recv_returns_minus1_bytes_stay(api, spawn, our_role):
     h, peer = _open_with_peer(api, spawn, our_role, "send", "plain", seed=3, total=1000, chunk=1000)
@@ -148,6 +151,7 @@ def test_sigkill_peer_during_blocking_recv_returns_minus1_bytes_stay(api, spawn,
     assert check.count == 1000 and check.bad is None
 
 
+@pytest.mark.spec("STATE-PROMPT")
 @pytest.mark.parametrize("our_role", ["server", "client"])
 def test_sigkill_idle_peer_wakes_wait_and_select_fd(api, spawn, our_role):
     h, peer = _open_with_peer(api, spawn, our_role, "hold", None)

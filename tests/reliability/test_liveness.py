@@ -51,7 +51,8 @@ def test_recv_of_whole_ring_completes_with_small_writes(api, sockdir, mode, chun
                 ret.thread.join(scaled(5))
                 assert not ret.thread.is_alive(), (
                     f"deadlock: recv({want}) returns 0 with {api.libvchan_data_ready(srv)} "
-                    f"bytes ready, the writer is blocked and wait() never returns")
+                    f"bytes ready, the writer is blocked and wait() never returns"
+                )
                 continue
         assert n == want
         assert check.feed(buf[:n]), f"wrong byte at {check.bad}"
@@ -77,7 +78,8 @@ def test_nonblocking_read_and_wait_keep_up_with_small_blocking_writes(api, sockd
             ret.thread.join(scaled(5))
             assert not ret.thread.is_alive(), (
                 f"missed event: wait() blocks with {api.libvchan_data_ready(srv)} bytes "
-                f"ready after {check.count}")
+                f"ready after {check.count}"
+            )
             continue
         assert check.feed(buf[:n]), f"wrong byte at {check.bad}"
     assert wr.result() == total

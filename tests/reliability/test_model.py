@@ -35,6 +35,7 @@ import itertools
 import os
 import time
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -477,6 +478,9 @@ def _settings() -> settings:
     )
 
 
+@pytest.mark.spec(
+    "SPACE-HONEST", "NOTIFY-NO-MISSED-EVENT", "NOTIFY-WAIT-AFTER-POLL", "READ-DATA-BEFORE-GONE"
+)
 def test_random_operation_sequences_match_the_model(api, sockdir):
     machine = type(f"ChannelMachine_{api.name}", (ChannelMachine,), {"api": api})
     run_state_machine_as_test(machine, settings=_settings())

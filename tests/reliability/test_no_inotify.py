@@ -42,9 +42,21 @@ def shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip(f"no C compiler ({cc}) for the LD_PRELOAD shim")
     out = tmp_path_factory.mktemp("shim") / "no_inotify.so"
     subprocess.run(
-        [cc, "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", "-O1", "-o", str(out),
-         str(HERE / "no_inotify.c"), "-ldl"],
-        check=True, capture_output=True,
+        [
+            cc,
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-shared",
+            "-fPIC",
+            "-O1",
+            "-o",
+            str(out),
+            str(HERE / "no_inotify.c"),
+            "-ldl",
+        ],
+        check=True,
+        capture_output=True,
     )
     return out
 
@@ -58,8 +70,9 @@ def test_client_without_inotify_connects_on_its_timer(
     monkeypatch.setenv("VCHAN_TEST_INOTIFY_FAIL", fail)
     monkeypatch.setenv("VCHAN_TEST_INOTIFY_LOG", str(log))
     # after any preload already there (the sanitizer run's libasan must stay first)
-    monkeypatch.setenv("LD_PRELOAD", " ".join(filter(None, [os.environ.get("LD_PRELOAD"),
-                                                             str(shim)])))
+    monkeypatch.setenv(
+        "LD_PRELOAD", " ".join(filter(None, [os.environ.get("LD_PRELOAD"), str(shim)]))
+    )
     peer = spawn("client", "recv", seed=31)
     peer.expect("START")
     # its server is absent: it asked for inotify, was refused, and went on with its timer

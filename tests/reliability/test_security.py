@@ -300,9 +300,10 @@ def test_other_uid_server_refused_by_default_eacces(api, sockdir, how):
         else:
             ret = api.libvchan_client_init_async(0, 1)
             if ret is not None:  # may fail at once, or in finish
+
                 def finish():
-                    return api.libvchan_client_init_async_finish(ret[0], True), \
-                        api.last_errno()
+                    return api.libvchan_client_init_async_finish(ret[0], True), api.last_errno()
+
                 assert bounded(finish) == (-1, errno.EACCES)
             else:
                 assert api.last_errno() == errno.EACCES
@@ -363,6 +364,7 @@ def test_default_umask_keeps_other_uids_from_connecting(api, sockdir):
     assert api.libvchan_is_open(srv) == VCHAN_WAITING
 
 
+@pytest.mark.spec("NOTIFY-WAIT-AFTER-POLL")
 @pytest.mark.parametrize("call", ["none", "is_open", "data_ready", "buffer_space", "send"])
 def test_must_wait_returns_at_once_after_refused_peer_polled_readable(api, sockdir, call):
     """SPEC §5: a WAITING server's fd polled readable because an untrusted peer connected;

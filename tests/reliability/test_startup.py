@@ -52,6 +52,7 @@ def _churn(sockdir: str, path: str, seconds: float) -> None:
         os.unlink(path)
 
 
+@pytest.mark.spec("CLIENT-NO-BUSY-WAIT", "CLOSE-DELIVERS")
 @pytest.mark.serial  # a CPU share: measured on a quiet machine
 def test_client_process_started_long_before_server(api, sockdir, spawn):
     path = str(sock_path(sockdir, 0, 0, 1))

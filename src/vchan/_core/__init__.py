@@ -30,7 +30,14 @@ from .pusher import Pusher
 from .util import Util, fit, tsz
 
 __all__ = [
-    "CONNECTED", "DISCONNECTED", "WAITING", "Channel", "InBuf", "OutBuf", "fit", "tsz",
+    "CONNECTED",
+    "DISCONNECTED",
+    "WAITING",
+    "Channel",
+    "InBuf",
+    "OutBuf",
+    "fit",
+    "tsz",
 ]
 
 

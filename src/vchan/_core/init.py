@@ -36,8 +36,14 @@ class Init(_Channel):
     # ----------------------------------------------------------------------------- creation
 
     @classmethod
-    def server(cls, domain: int, port: int, read_min: int, write_min: int,
-               allow_any_uid: bool | None = None) -> Self:
+    def server(
+        cls,
+        domain: int,
+        port: int,
+        read_min: int,
+        write_min: int,
+        allow_any_uid: bool | None = None,
+    ) -> Self:
         _config.check_domain(domain)
         _config.check_port(port)
         read_ring, write_ring = _config.server_rings(read_min, write_min)
@@ -56,16 +62,22 @@ class Init(_Channel):
         except BaseException:
             listener.close()
             raise
-        ch = cls(is_server=True, read_ring=read_ring, write_ring=write_ring, path=path,
-                 allow_any_uid=allow_any_uid)
+        ch = cls(
+            is_server=True,
+            read_ring=read_ring,
+            write_ring=write_ring,
+            path=path,
+            allow_any_uid=allow_any_uid,
+        )
         ch._listener = listener
         ch._bound = (st.st_dev, st.st_ino)
         ch._ep.register(listener.fileno(), select.EPOLLIN)
         return ch
 
     @classmethod
-    def client_start(cls, domain: int, port: int, allow_any_uid: bool | None = None,
-                     watch: bool = True) -> Self:
+    def client_start(
+        cls, domain: int, port: int, allow_any_uid: bool | None = None, watch: bool = True
+    ) -> Self:
         """Begin an asynchronous connection; :meth:`finish` completes it.
 
         ``watch``: the caller polls the watch fd before :meth:`finish` (qrexec does), so a
@@ -78,8 +90,13 @@ class Init(_Channel):
         directory = os.path.dirname(path) or "."
         if not stat.S_ISDIR(os.stat(directory).st_mode):  # missing: ENOENT at once
             raise _oserror(errno.ENOTDIR, f"not a directory: {directory}")
-        ch = cls(is_server=False, read_ring=_config.CLIENT_RING,
-                 write_ring=_config.CLIENT_RING, path=path, allow_any_uid=allow_any_uid)
+        ch = cls(
+            is_server=False,
+            read_ring=_config.CLIENT_RING,
+            write_ring=_config.CLIENT_RING,
+            path=path,
+            allow_any_uid=allow_any_uid,
+        )
         try:
             with ch._lock:
                 if ch._connect_step():  # the common case: the server is there
@@ -108,8 +125,9 @@ class Init(_Channel):
         return ch
 
     @classmethod
-    def client(cls, domain: int, port: int, timeout: float | None = None,
-               allow_any_uid: bool | None = None) -> Self:
+    def client(
+        cls, domain: int, port: int, timeout: float | None = None, allow_any_uid: bool | None = None
+    ) -> Self:
         ch = cls.client_start(domain, port, allow_any_uid, watch=False)
         try:
             ch.finish(True, timeout)
@@ -371,4 +389,3 @@ def _claim_path(path: str) -> None:
     if _linux.listening_at(path, or_binding=True):
         raise _oserror(errno.EADDRINUSE, f"a vchan server is already listening at {path}")
     os.unlink(path)
-

@@ -32,13 +32,12 @@ from typing import TYPE_CHECKING, Final
 
 from .. import _config, _linux
 
-#: What the data calls take: any contiguous byte buffer (bytes pass through uncopied).
-InBuf = bytes | bytearray | memoryview
-OutBuf = bytearray | memoryview
-
-DISCONNECTED: Final = 0
-CONNECTED: Final = 1
-WAITING: Final = 2
+# Re-exported: the engine's modules take them from here, like internal.h's.
+from .._constants import CONNECTED as CONNECTED
+from .._constants import DISCONNECTED as DISCONNECTED
+from .._constants import WAITING as WAITING
+from .._constants import InBuf as InBuf
+from .._constants import OutBuf as OutBuf
 
 # ---- constants. internal.h has each as VCHAN__<NAME>; tests/test_mirror.py checks that the
 # two agree (the addressing ones are in vchan._config, the system ones in vchan._linux).
@@ -83,59 +82,66 @@ class _Channel:
     is_server: bool
     read_ring: int
     write_ring: int
-    path: str                   # the socket's path (the server binds it, the client connects)
-    _allow_any: bool            # trust a peer of any uid (else root or our euid only)
-    _ep: select.epoll           # the select fd; closed by _release_fds
+    path: str  # the socket's path (the server binds it, the client connects)
+    _allow_any: bool  # trust a peer of any uid (else root or our euid only)
+    _ep: select.epoll  # the select fd; closed by _release_fds
 
     # ---- GIL ----
-    _state: int                 # WAITING, CONNECTED, DISCONNECTED (final); leaves WAITING
-                                # under _lock
-    _closed: bool               # close() was called (set under _lock)
-    _inherited: bool            # this process is a fork() child: the parent owns the channel
-    _blocking: bool             # set_blocking()
+    _state: int  # WAITING, CONNECTED, DISCONNECTED (final); leaves WAITING
+    # under _lock
+    _closed: bool  # close() was called (set under _lock)
+    _inherited: bool  # this process is a fork() child: the parent owns the channel
+    _blocking: bool  # set_blocking()
 
     # ---- written once (under _lock) before _state leaves WAITING ----
     _sock: socket.socket | None  # the connection (blocking at the socket level, see io.py);
-                                # None again after _release_fds
-    _w: int                     # W = SO_SNDBUF // 4
+    # None again after _release_fds
+    _w: int  # W = SO_SNDBUF // 4
 
     # ---- _lock: set-up ----
-    _lock: threading.Lock       # the lock (a fresh one in a fork() child, see _forked)
+    _lock: threading.Lock  # the lock (a fresh one in a fork() child, see _forked)
     _listener: socket.socket | None  # server: the listener while WAITING
-    _bound: tuple[int, int] | None   # server: (dev, ino) of the socket we bound at path
-    _inotify: int               # client that had to wait: inotify fd on the directory, or -1
-                                # (also -1 when inotify is unavailable: the timer alone)
-    _watch: int                 # its watch descriptor
-    _timer: int                 # client while connecting: back-off timerfd, or -1
-    _backoff_ms: int            # the next back-off
+    _bound: tuple[int, int] | None  # server: (dev, ino) of the socket we bound at path
+    _inotify: int  # client that had to wait: inotify fd on the directory, or -1
+    # (also -1 when inotify is unavailable: the timer alone)
+    _watch: int  # its watch descriptor
+    _timer: int  # client while connecting: back-off timerfd, or -1
+    _backoff_ms: int  # the next back-off
 
     # ---- _lock: write side ----
-    _u_est: int                 # upper bound of the bytes (truesize) in flight, U
-    _promised: int              # credit left from the last buffer_space()
-    _overflow: bytearray        # bytes accepted beyond what the kernel took, for the pusher;
-                                # replaced, never resized, when dropped (views may be alive)
+    _u_est: int  # upper bound of the bytes (truesize) in flight, U
+    _promised: int  # credit left from the last buffer_space()
+    _overflow: bytearray  # bytes accepted beyond what the kernel took, for the pusher;
+    # replaced, never resized, when dropped (views may be alive)
     _pusher: threading.Thread | None  # the pusher thread while it runs
-    _handoff: bool              # close() left the overflow to the pusher to deliver
+    _handoff: bool  # close() left the overflow to the pusher to deliver
 
     # ---- _lock: lifetime ----
-    _calls: list[None]          # GIL: one entry per call in progress, and for the pusher
+    _calls: list[None]  # GIL: one entry per call in progress, and for the pusher
     _retired: list[socket.socket]  # listeners to close once _calls is empty
 
     # ---- read side (read(), recv(), data_ready(); not under _lock) ----
-    _stash: bytearray           # recv()'s bytes taken from the kernel but not yet delivered
+    _stash: bytearray  # recv()'s bytes taken from the kernel but not yet delivered
 
     # ---- notification (notify.py; DESIGN.md "Notification") ----
-    _consumed: int              # GIL: bytes taken out of sock's kernel queue
-    _seen: int                  # GIL: consumed + FIONREAD just before wait()'s last harvest
-    _armed: bool                # _lock: a consumption request is outstanding
-    _rearm: bool                # _lock: a request made while armed (it may have fired)
-    _latched: bool              # _lock (read under the GIL): a call other than wait()
-                                # consumed an event wait() has not seen
-    _mask_out: bool             # _lock: EPOLLOUT is in sock's registration
-    _conn_event: bool           # _lock: the connection is an event no wait() reported yet
+    _consumed: int  # GIL: bytes taken out of sock's kernel queue
+    _seen: int  # GIL: consumed + FIONREAD just before wait()'s last harvest
+    _armed: bool  # _lock: a consumption request is outstanding
+    _rearm: bool  # _lock: a request made while armed (it may have fired)
+    _latched: bool  # _lock (read under the GIL): a call other than wait()
+    # consumed an event wait() has not seen
+    _mask_out: bool  # _lock: EPOLLOUT is in sock's registration
+    _conn_event: bool  # _lock: the connection is an event no wait() reported yet
 
-    def __init__(self, *, is_server: bool, read_ring: int, write_ring: int, path: str,
-                 allow_any_uid: bool | None) -> None:
+    def __init__(
+        self,
+        *,
+        is_server: bool,
+        read_ring: int,
+        write_ring: int,
+        path: str,
+        allow_any_uid: bool | None,
+    ) -> None:
         self.is_server = is_server
         self.read_ring = read_ring
         self.write_ring = write_ring

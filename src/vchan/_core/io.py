@@ -272,8 +272,12 @@ class IO(_Channel):
                     self._arm()
             return size
         data = memoryview(data)  # slices below must not copy
-        if (self._blocking and self._state == CONNECTED and not self._overflow
-                and not self._promised):
+        if (
+            self._blocking
+            and self._state == CONNECTED
+            and not self._overflow
+            and not self._promised
+        ):
             # Blocking, nothing queued, no promise to keep: one send of it whole if it fits
             # below W by a fresh SIOCOUTQ, else the waiting regime, which sends it whole too
             # (no bounded partial send first), as the C library does.
@@ -331,8 +335,12 @@ class IO(_Channel):
             self._wait_connected()
         with self._lock:
             for retry in (False, True):
-                if (self._state == CONNECTED and not self._overflow and size <= self.write_ring
-                        and self._u_est + tsz(size) <= self._w):
+                if (
+                    self._state == CONNECTED
+                    and not self._overflow
+                    and size <= self.write_ring
+                    and self._u_est + tsz(size) <= self._w
+                ):
                     space = size  # certain without asking the kernel
                 elif self._state == WAITING:
                     space = self.write_ring - len(self._overflow)
@@ -408,10 +416,9 @@ class IO(_Channel):
         taken = 0
         if not self._overflow:
             taken = self._push(data)
-        extra = min(len(data) - taken, allowance - taken,
-                    self.write_ring - len(self._overflow))
+        extra = min(len(data) - taken, allowance - taken, self.write_ring - len(self._overflow))
         if extra > 0:
-            self._overflow += data[taken:taken + extra]
+            self._overflow += data[taken : taken + extra]
             taken += extra
             self._start_pusher()
         return taken

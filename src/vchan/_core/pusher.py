@@ -23,8 +23,9 @@ class Pusher(_Channel):
     def _start_pusher(self) -> None:
         if self._pusher is None:
             self._calls.append(None)
-            self._pusher = threading.Thread(target=self._pusher_main, name="vchan-pusher",
-                                            daemon=True)
+            self._pusher = threading.Thread(
+                target=self._pusher_main, name="vchan-pusher", daemon=True
+            )
             self._pusher.start()
 
     def _pusher_main(self) -> None:
@@ -35,8 +36,12 @@ class Pusher(_Channel):
         try:
             while True:
                 with self._lock:
-                    if (not self._overflow or self._state == DISCONNECTED
-                            or (self._closed and not self._handoff) or self._inherited):
+                    if (
+                        not self._overflow
+                        or self._state == DISCONNECTED
+                        or (self._closed and not self._handoff)
+                        or self._inherited
+                    ):
                         return
                     # Both stay open while we are busy (see _stop_listening).
                     listener, sock = self._listener, self._sock

@@ -1,86 +1,44 @@
-"""asyncio streams over vchans: ``reader, writer = await vchan.asyncio.open_client(0, 111)``.
+"""The asyncio transport over a vchan, and its protocol-level openers ``connect``/``listen``.
 
-Everything is driven by the vchan's select fd on the event loop (``loop.add_reader``): no
-thread per channel, no polling loop. The fd is edge-like (only ``wait()`` clears it, and it
-does not stay readable while unread data waits), so each wake-up calls ``wait()`` and then
-reads until nothing is left and writes until a write falls short; any later event (data
-arrived, the peer left, or the peer consumed data after a write fell short, which is what
-asks for that event) makes the fd readable again.
-
-* :func:`open_client` connects with the asynchronous client init, so it honours
-  cancellation, ``asyncio.timeout()`` and ``asyncio.wait_for()``.
-* :func:`open_server` listens, and returns once a client has connected (cancel it to stop
-  listening: the socket file is removed).
-* :func:`start_server` is the callback form, like :func:`asyncio.start_unix_server`: each
-  client gets its own ``(reader, writer)``; a fresh vchan server listens again as soon as one
-  is taken, since a vchan serves exactly one client.
-* :func:`connect` and :func:`listen` are the protocol/transport forms.
-
-The reader is an :class:`asyncio.StreamReader`; the writer (:class:`VchanWriter`) has the
-:class:`asyncio.StreamWriter` interface. ``write()`` puts into the vchan what fits at once
-and queues the rest; ``drain()`` waits while more than the high-water mark (64 KiB by
-default) is queued, the queue being moved into the vchan as far as it fits whenever the
-vchan has room; it raises :class:`vchan.Disconnected` if the peer
-left before taking queued bytes. The end of the stream (``read()`` returning ``b""``) comes
-after every byte the peer wrote before it closed. A vchan has no half-close, so
-``can_write_eof()`` is False.
+The transport keeps CPython's transport contract (``asyncio.selector_events``): a protocol
+callback that raises is reported through the loop's exception handler and closes the
+transport with that exception passed to ``connection_lost()``; a transport that is garbage
+collected without being closed warns with a :class:`ResourceWarning`.
 """
 
 from __future__ import annotations
 
 import asyncio as _asyncio
 import errno as _errno
-from collections.abc import Awaitable, Callable, Iterable
+import warnings
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from vchan import _backend, _config, _core, _engine
-from vchan.channel import State, Vchan
-from vchan.channel import server as _server
+from vchan._constants import DISCONNECTED
+from vchan.asyncio._connect import connected_client, connected_server
+from vchan.channel import Vchan, endpoint_of
 from vchan.exceptions import Disconnected, from_oserror
-
-__all__ = [
-    "VchanServer",
-    "VchanTransport",
-    "VchanWriter",
-    "connect",
-    "listen",
-    "open_client",
-    "open_server",
-    "start_server",
-]
 
 #: StreamReader buffer limit and write-queue high-water mark, as in asyncio.
 DEFAULT_LIMIT = 2**16
 _CHUNK = 65536
-#: errnos of a read or write that found the peer gone.
 #: Writes smaller than this coalesce (see VchanTransport.write).
 _SMALL = 16384
 #: An empty write queue keeps its memory up to this size.
 _KEEP = 1 << 20
+#: errnos of a read or write that found the peer gone.
 _GONE = frozenset({_errno.EPIPE, _errno.ECONNRESET})
 
 
-async def _until(fd: int, step: Callable[[], bool]) -> None:
-    """Call ``step()`` now and whenever ``fd`` is readable, until it returns True."""
-    if step():
-        return
-    loop = _asyncio.get_running_loop()
-    fut: _asyncio.Future[None] = loop.create_future()
+class ViewProtocol(_asyncio.Protocol):
+    """A protocol whose ``feed_view`` takes a view of the transport's read buffer.
 
-    def on_ready() -> None:
-        if fut.done():
-            return
-        try:
-            if step():
-                fut.set_result(None)
-        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
-            fut.set_exception(exc)
+    ``feed_view(view)`` stands for ``data_received(bytes(view))`` and must copy what it keeps
+    (the buffer is reused): the stream protocol feeds its reader without an extra copy.
+    """
 
-    loop.add_reader(fd, on_ready)
-    try:
-        await fut
-    finally:
-        loop.remove_reader(fd)
+    def feed_view(self, view: memoryview) -> None:
+        self.data_received(bytes(view))
 
 
 class VchanTransport(_asyncio.Transport):
@@ -98,13 +56,14 @@ class VchanTransport(_asyncio.Transport):
     ) -> None:
         super().__init__(dict(extra or {}, vchan=vc))
         self._loop = loop
-        self._vc: Vchan | None = vc
+        # Set last: __del__ warns about (and closes) an open transport, fully made.
+        self._vc: Vchan | None = None
         self._protocol = protocol
         self._fd = vc.fileno()
         vc.set_blocking(False)
         # The engine's endpoint, called directly (no Vchan layer) on the hot paths: its
         # methods return counts (0: nothing now) and raise OSError with an errno.
-        endpoint = vc._endpoint()
+        endpoint = endpoint_of(vc)
         self._ep_wait = endpoint.wait
         self._ep_read = endpoint.read
         self._ep_write = endpoint.write
@@ -134,7 +93,8 @@ class VchanTransport(_asyncio.Transport):
         self._flush_soon = False
         #: Why queued bytes were dropped (the peer left, or written after close).
         self.write_error: Exception | None = None
-        loop.call_soon(protocol.connection_made, self)
+        self._vc = vc
+        loop.call_soon(self._call_connection_made)
         loop.add_reader(self._fd, self._on_ready)
         self._schedule()  # bytes (or the peer's departure) may predate the transport
 
@@ -179,7 +139,7 @@ class VchanTransport(_asyncio.Transport):
             elif not self._eof:
                 # Not reading: the peer's departure must still close us (and fail drain()).
                 try:
-                    gone = self._ep_is_open() == _core.DISCONNECTED
+                    gone = self._ep_is_open() == DISCONNECTED
                 except (OSError, ValueError) as exc:
                     self._fatal(exc)
                     return
@@ -208,9 +168,9 @@ class VchanTransport(_asyncio.Transport):
         size = len(view)
         read = self._ep_read
         protocol = self._protocol
-        feed: Callable[[Any], None]
-        if type(protocol) is _StreamProtocol:
-            feed = protocol._reader.feed_data  # copies: a view of our buffer is fine
+        feed: Callable[[memoryview], None]
+        if isinstance(protocol, ViewProtocol):
+            feed = protocol.feed_view  # copies: a view of our buffer is fine
         else:
             assert isinstance(protocol, _asyncio.Protocol)
             received = protocol.data_received
@@ -227,7 +187,13 @@ class VchanTransport(_asyncio.Transport):
                 break
             if not n:
                 return
-            feed(view[:n])
+            try:
+                feed(view[:n])
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:  # noqa: BLE001 - the protocol's: close with it
+                self._protocol_failed(exc, "data_received")
+                return
         else:
             return
         # Outside the except block, so the exception no longer pins views of our buffers.
@@ -272,8 +238,7 @@ class VchanTransport(_asyncio.Transport):
                 self._fatal(err)
             return False
         if self._write_paused and end - pos <= self._low:
-            self._write_paused = False
-            self._protocol.resume_writing()
+            self._resume_protocol()
         return self._vc is not None
 
     def _queue(self, view: memoryview) -> None:
@@ -311,9 +276,12 @@ class VchanTransport(_asyncio.Transport):
                     break
                 if not n:
                     break
-                protocol.data_received(bytes(view[:n]))
+                if not self._call_protocol("data_received", bytes(view[:n])):
+                    return
             self._eof = True
-            protocol.eof_received()
+            # A vchan has no half-close: eof_received()'s answer is moot.
+            if not self._call_protocol("eof_received"):
+                return
         self._eof = True
         exc: Exception | None = None
         if self._wend:
@@ -339,7 +307,73 @@ class VchanTransport(_asyncio.Transport):
         self._closing = True
         self._loop.remove_reader(self._fd)
         vc.close()
-        self._loop.call_soon(self._protocol.connection_lost, exc)
+        self._loop.call_soon(self._call_connection_lost, exc)
+
+    # -- protocol callbacks (CPython's contract: a raising callback closes the transport)
+
+    def _protocol_failed(self, exc: BaseException, callback: str) -> None:
+        """A protocol callback raised: report it as CPython's ``_fatal_error`` does (the
+        loop's exception handler), then close at once, ``exc`` going to connection_lost."""
+        self._loop.call_exception_handler(
+            {
+                "message": f"Fatal error: protocol.{callback}() call failed.",
+                "exception": exc,
+                "transport": self,
+                "protocol": self._protocol,
+            }
+        )
+        if self._vc is None:
+            return
+        err = exc if isinstance(exc, Exception) else RuntimeError(repr(exc))
+        self.write_error = self.write_error or err
+        self._drop_queue()
+        self._shutdown(err)
+
+    def _call_protocol(self, callback: str, *args: object) -> bool:
+        """Call the protocol's ``callback``; if it raises, close with that error (False)."""
+        try:
+            getattr(self._protocol, callback)(*args)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - the protocol's: close with it
+            self._protocol_failed(exc, callback)
+            return False
+        return True
+
+    def _call_connection_made(self) -> None:
+        self._call_protocol("connection_made", self)
+
+    def _call_connection_lost(self, exc: Exception | None) -> None:
+        try:
+            self._protocol.connection_lost(exc)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as err:  # noqa: BLE001 - nothing is left to close: report it
+            self._loop.call_exception_handler(
+                {
+                    "message": "Fatal error: protocol.connection_lost() call failed.",
+                    "exception": err,
+                    "transport": self,
+                    "protocol": self._protocol,
+                }
+            )
+
+    def _pause_protocol(self) -> None:
+        self._write_paused = True
+        self._call_protocol("pause_writing")
+
+    def _resume_protocol(self) -> None:
+        self._write_paused = False
+        self._call_protocol("resume_writing")
+
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        # As CPython's _SelectorTransport: an open transport that nobody references any more
+        # (the loop holds its reader while the loop lives) was never closed.
+        vc = getattr(self, "_vc", None)
+        if vc is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            self._vc = None
+            vc.close()
 
     # -- asyncio.Transport ----------------------------------------------------------
 
@@ -393,8 +427,7 @@ class VchanTransport(_asyncio.Transport):
             if n >= self._wcap and not self._flush():
                 return
         if not self._write_paused and self._wend - self._wpos > self._high:
-            self._write_paused = True
-            self._protocol.pause_writing()
+            self._pause_protocol()
 
     def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
         self.write(b"".join(list_of_data))
@@ -422,11 +455,9 @@ class VchanTransport(_asyncio.Transport):
         if self._vc is not None:
             queued = self._wend - self._wpos
             if not self._write_paused and queued > high:
-                self._write_paused = True
-                self._protocol.pause_writing()
+                self._pause_protocol()
             elif self._write_paused and queued <= low:
-                self._write_paused = False
-                self._protocol.resume_writing()
+                self._resume_protocol()
 
     def is_reading(self) -> bool:
         return self._vc is not None and not self._read_paused and not self._closing
@@ -471,220 +502,6 @@ class VchanTransport(_asyncio.Transport):
         return f"<VchanTransport fd={self._fd} {state} queued={self._wend - self._wpos}>"
 
 
-class _StreamProtocol(_asyncio.Protocol):
-    """Feeds a StreamReader and keeps the writer's flow control (drain) and close waiter."""
-
-    def __init__(self, reader: _asyncio.StreamReader) -> None:
-        self._reader = reader
-        self._loop = _asyncio.get_running_loop()
-        self._paused = False
-        self._lost = False
-        self._eof = False
-        self._waiters: list[_asyncio.Future[None]] = []
-        self._closed: _asyncio.Future[None] = self._loop.create_future()
-
-    def connection_made(self, transport: _asyncio.BaseTransport) -> None:
-        self._reader.set_transport(transport)
-
-    def data_received(self, data: bytes) -> None:
-        self._reader.feed_data(data)
-
-    def eof_received(self) -> bool:
-        self._eof = True
-        self._reader.feed_eof()
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._lost = True
-        if not self._eof:
-            self._eof = True
-            if exc is None or isinstance(exc, ConnectionError):
-                self._reader.feed_eof()
-            else:
-                self._reader.set_exception(exc)
-        self._wake(exc)
-        if not self._closed.done():
-            self._closed.set_result(None)
-
-    def pause_writing(self) -> None:
-        self._paused = True
-
-    def resume_writing(self) -> None:
-        self._paused = False
-        self._wake(None)
-
-    def _wake(self, exc: Exception | None) -> None:
-        for waiter in self._waiters:
-            if not waiter.done():
-                if exc is None:
-                    waiter.set_result(None)
-                else:
-                    waiter.set_exception(exc)
-
-    async def drain_helper(self) -> None:
-        if self._lost or not self._paused:
-            return
-        waiter: _asyncio.Future[None] = self._loop.create_future()
-        self._waiters.append(waiter)
-        try:
-            await waiter
-        finally:
-            self._waiters.remove(waiter)
-
-    async def wait_closed(self) -> None:
-        await _asyncio.shield(self._closed)
-
-
-class VchanWriter:
-    """The writing half, with the interface of :class:`asyncio.StreamWriter`."""
-
-    def __init__(
-        self, transport: VchanTransport, protocol: _StreamProtocol, reader: _asyncio.StreamReader
-    ) -> None:
-        self._transport = transport
-        self._protocol = protocol
-        self._reader = reader
-
-    @property
-    def transport(self) -> VchanTransport:
-        return self._transport
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Write what the vchan takes now and queue the rest (see :meth:`drain`)."""
-        self._transport.write(data)
-
-    def writelines(self, data: Iterable[bytes | bytearray | memoryview]) -> None:
-        self._transport.writelines(data)
-
-    def can_write_eof(self) -> bool:
-        return False
-
-    def write_eof(self) -> None:
-        self._transport.write_eof()
-
-    def close(self) -> None:
-        """Close once queued bytes are in the vchan (they then reach a reading peer)."""
-        self._transport.close()
-
-    def is_closing(self) -> bool:
-        return self._transport.is_closing()
-
-    async def wait_closed(self) -> None:
-        await self._protocol.wait_closed()
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self._transport.get_extra_info(name, default)
-
-    async def drain(self) -> None:
-        """Wait until the queue is below the high-water mark.
-
-        Raises :class:`vchan.Disconnected` if the peer left before taking queued bytes, and
-        :class:`ConnectionResetError` after writing to a closed writer.
-        """
-        transport = self._transport
-        if transport.write_error is not None:
-            raise transport.write_error
-        protocol = self._protocol
-        if protocol._paused and not protocol._lost:  # else nothing to wait for: no hop
-            await protocol.drain_helper()
-            if transport.write_error is not None:
-                raise transport.write_error
-
-    async def __aenter__(self) -> VchanWriter:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.close()
-        await self.wait_closed()
-
-    def __repr__(self) -> str:
-        return f"<VchanWriter {self._transport!r}>"
-
-
-def _streams(
-    vc: Vchan, limit: int, extra: dict[str, Any]
-) -> tuple[_asyncio.StreamReader, VchanWriter]:
-    loop = _asyncio.get_running_loop()
-    reader = _asyncio.StreamReader(limit=limit, loop=loop)
-    protocol = _StreamProtocol(reader)
-    transport = VchanTransport(loop, vc, protocol, extra)
-    return reader, VchanWriter(transport, protocol, reader)
-
-
-async def _connected_client(
-    domain: int, port: int, allow_any_uid: bool | None, backend: str | None
-) -> Vchan:
-    try:
-        pending = _backend.start_client(domain, port, allow_any_uid=allow_any_uid, backend=backend)
-    except OSError as exc:
-        raise from_oserror(exc) from None
-    try:
-        await _until(pending.fileno(), lambda: pending.finish(False) == 0)
-    except OSError as exc:
-        pending.close()
-        raise from_oserror(exc) from None
-    except BaseException:
-        pending.close()  # cancelled (or timed out): abandon the attempt
-        raise
-    endpoint = pending.endpoint()
-    ring = _config.CLIENT_RING if _engine.is_channel(endpoint) else None
-    return Vchan(endpoint, read_ring=ring, write_ring=ring)
-
-
-async def _connected_server(
-    domain: int,
-    port: int,
-    read_min: int,
-    write_min: int,
-    allow_any_uid: bool | None,
-    backend: str | None,
-) -> Vchan:
-    vc = _server(domain, port, read_min, write_min, allow_any_uid=allow_any_uid, backend=backend)
-    try:
-        vc.set_blocking(False)
-        await _until(vc.fileno(), lambda: vc.state != State.WAITING)
-    except BaseException:
-        vc.close()  # stop listening: the socket file goes away
-        raise
-    return vc
-
-
-async def open_client(
-    domain: int,
-    port: int,
-    *,
-    limit: int = DEFAULT_LIMIT,
-    backend: str | None = None,
-    allow_any_uid: bool | None = None,
-) -> tuple[_asyncio.StreamReader, VchanWriter]:
-    """Connect to the vchan server in ``domain`` on ``port``, waiting for it to appear.
-
-    Bound the wait with ``asyncio.timeout()`` (or cancel the task). ``backend`` and
-    ``allow_any_uid`` are as for :func:`vchan.client`; ``limit`` as for asyncio's streams.
-    """
-    vc = await _connected_client(domain, port, allow_any_uid, backend)
-    return _streams(vc, limit, {"domain": domain, "port": port})
-
-
-async def open_server(
-    domain: int,
-    port: int,
-    read_min: int = 65536,
-    write_min: int = 65536,
-    *,
-    limit: int = DEFAULT_LIMIT,
-    backend: str | None = None,
-    allow_any_uid: bool | None = None,
-) -> tuple[_asyncio.StreamReader, VchanWriter]:
-    """Serve the client in ``domain`` on ``port``; returns once it has connected.
-
-    Listening starts at once (errors such as :class:`vchan.ServerExists` are raised before
-    the first wait); cancelling stops listening and removes the socket file.
-    """
-    vc = await _connected_server(domain, port, read_min, write_min, allow_any_uid, backend)
-    return _streams(vc, limit, {"domain": domain, "port": port})
-
-
 async def connect(
     protocol_factory: Callable[[], _asyncio.BaseProtocol],
     domain: int,
@@ -694,7 +511,7 @@ async def connect(
     allow_any_uid: bool | None = None,
 ) -> tuple[VchanTransport, _asyncio.BaseProtocol]:
     """Like ``loop.create_unix_connection``: a client transport and its protocol."""
-    vc = await _connected_client(domain, port, allow_any_uid, backend)
+    vc = await connected_client(domain, port, allow_any_uid, backend)
     protocol = protocol_factory()
     transport = VchanTransport(
         _asyncio.get_running_loop(), vc, protocol, {"domain": domain, "port": port}
@@ -713,158 +530,9 @@ async def listen(
     allow_any_uid: bool | None = None,
 ) -> tuple[VchanTransport, _asyncio.BaseProtocol]:
     """Serve one client with a protocol; returns once it has connected."""
-    vc = await _connected_server(domain, port, read_min, write_min, allow_any_uid, backend)
+    vc = await connected_server(domain, port, read_min, write_min, allow_any_uid, backend)
     protocol = protocol_factory()
     transport = VchanTransport(
         _asyncio.get_running_loop(), vc, protocol, {"domain": domain, "port": port}
     )
     return transport, protocol
-
-
-def _connected_check(vc: Vchan) -> Callable[[], bool]:
-    return lambda: vc.state != State.WAITING
-
-
-ClientConnected = Callable[[_asyncio.StreamReader, VchanWriter], Awaitable[None] | None]
-
-
-class VchanServer:
-    """Serves clients of one domain on one port, like :class:`asyncio.Server`.
-
-    A vchan serves exactly one client, so after each connection a fresh vchan server
-    listens again at once; each client runs ``client_connected_cb(reader, writer)``
-    (a coroutine function becomes a task). Use ``async with``, :meth:`serve_forever`,
-    :meth:`close` and :meth:`wait_closed`.
-    """
-
-    def __init__(
-        self,
-        client_connected_cb: ClientConnected,
-        domain: int,
-        port: int,
-        read_min: int,
-        write_min: int,
-        limit: int,
-        backend: str | None,
-        allow_any_uid: bool | None,
-    ) -> None:
-        self._cb = client_connected_cb
-        self._args = (domain, port, read_min, write_min, allow_any_uid, backend)
-        self._limit = limit
-        self._extra = {"domain": domain, "port": port}
-        self._listening: Vchan | None = None
-        self._accept_task: _asyncio.Task[None] | None = None
-        self._handlers: set[_asyncio.Task[None]] = set()
-        self._closed = _asyncio.get_running_loop().create_future()
-
-    def _listen(self) -> Vchan:
-        domain, port, read_min, write_min, allow_any_uid, backend = self._args
-        vc = _server(
-            domain, port, read_min, write_min, allow_any_uid=allow_any_uid, backend=backend
-        )
-        vc.set_blocking(False)
-        return vc
-
-    def _start(self) -> None:
-        self._listening = self._listen()  # errors surface in start_server()
-        self._accept_task = _asyncio.get_running_loop().create_task(self._accept_loop())
-        self._accept_task.add_done_callback(lambda _task: self.close())
-
-    async def _accept_loop(self) -> None:
-        try:
-            while True:
-                vc = self._listening
-                if vc is None:
-                    vc = self._listening = self._listen()
-                await _until(vc.fileno(), _connected_check(vc))
-                self._listening = None
-                self._spawn(vc)
-        finally:
-            if self._listening is not None:
-                self._listening.close()
-                self._listening = None
-
-    def _spawn(self, vc: Vchan) -> None:
-        loop = _asyncio.get_running_loop()
-        reader, writer = _streams(vc, self._limit, self._extra)
-
-        def failed(exc: BaseException) -> None:
-            # As asyncio's servers do: report the handler's error, close its channel.
-            loop.call_exception_handler(
-                {
-                    "message": "vchan client_connected_cb failed",
-                    "exception": exc,
-                    "transport": writer.transport,
-                }
-            )
-            writer.transport.abort()
-
-        try:
-            result = self._cb(reader, writer)
-        except Exception as exc:  # noqa: BLE001 - reported, the server keeps serving
-            failed(exc)
-            return
-        if _asyncio.iscoroutine(result):
-            task = loop.create_task(result)
-            self._handlers.add(task)
-
-            def done(task: _asyncio.Task[None]) -> None:
-                self._handlers.discard(task)
-                exc = None if task.cancelled() else task.exception()
-                if exc is not None:
-                    failed(exc)
-
-            task.add_done_callback(done)
-
-    def is_serving(self) -> bool:
-        return self._accept_task is not None and not self._accept_task.done()
-
-    def close(self) -> None:
-        """Stop listening (connected clients are not affected)."""
-        if self._accept_task is not None:
-            self._accept_task.cancel()
-        if not self._closed.done():
-            self._closed.set_result(None)
-
-    async def wait_closed(self) -> None:
-        await _asyncio.shield(self._closed)
-        if self._accept_task is not None:
-            try:
-                await self._accept_task
-            except _asyncio.CancelledError:
-                pass
-
-    async def serve_forever(self) -> None:
-        """Serve until cancelled (then stop listening)."""
-        try:
-            await _asyncio.shield(self._closed)
-        finally:
-            self.close()
-            await self.wait_closed()
-
-    async def __aenter__(self) -> VchanServer:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.close()
-        await self.wait_closed()
-
-
-async def start_server(
-    client_connected_cb: ClientConnected,
-    domain: int,
-    port: int,
-    read_min: int = 65536,
-    write_min: int = 65536,
-    *,
-    limit: int = DEFAULT_LIMIT,
-    backend: str | None = None,
-    allow_any_uid: bool | None = None,
-) -> VchanServer:
-    """Serve clients of ``domain`` on ``port`` with a callback, like
-    :func:`asyncio.start_unix_server`; returns once listening."""
-    srv = VchanServer(
-        client_connected_cb, domain, port, read_min, write_min, limit, backend, allow_any_uid
-    )
-    srv._start()
-    return srv
