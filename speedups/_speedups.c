@@ -349,52 +349,36 @@ static PyObject *chan_wait(Chan *self, PyObject *Py_UNUSED(ignored))
 	return PyLong_FromLong(0);
 }
 
-static PyObject *chan_is_open(Chan *self, PyObject *Py_UNUSED(ignored))
+/* is_open, data_ready, buffer_space: one int-returning library call without the GIL. */
+static PyObject *int_call(Chan *self, int (*fn)(libvchan_t *))
 {
 	libvchan_t *h = self->h;
 	struct nogil g;
-	int st;
+	int n;
 
 	if (!h)
 		return raise_closed();
 	vchan__ref(h);
 	nogil_begin(&g);
-	st = libvchan_is_open(h);
+	n = fn(h);
 	nogil_end(&g);
 	vchan__unref(h);
-	return PyLong_FromLong(st);
+	return PyLong_FromLong(n);
+}
+
+static PyObject *chan_is_open(Chan *self, PyObject *Py_UNUSED(ignored))
+{
+	return int_call(self, libvchan_is_open);
 }
 
 static PyObject *chan_data_ready(Chan *self, PyObject *Py_UNUSED(ignored))
 {
-	libvchan_t *h = self->h;
-	struct nogil g;
-	int n;
-
-	if (!h)
-		return raise_closed();
-	vchan__ref(h);
-	nogil_begin(&g);
-	n = libvchan_data_ready(h);
-	nogil_end(&g);
-	vchan__unref(h);
-	return PyLong_FromLong(n);
+	return int_call(self, libvchan_data_ready);
 }
 
 static PyObject *chan_buffer_space(Chan *self, PyObject *Py_UNUSED(ignored))
 {
-	libvchan_t *h = self->h;
-	struct nogil g;
-	int n;
-
-	if (!h)
-		return raise_closed();
-	vchan__ref(h);
-	nogil_begin(&g);
-	n = libvchan_buffer_space(h);
-	nogil_end(&g);
-	vchan__unref(h);
-	return PyLong_FromLong(n);
+	return int_call(self, libvchan_buffer_space);
 }
 
 static PyObject *chan_set_blocking(Chan *self, PyObject *arg)
