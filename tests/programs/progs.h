@@ -151,6 +151,19 @@ PROGS_FN void guard_end(void)
 	guard_what = "";
 }
 
+/* A blocking recv() of exactly n bytes, guarded: die with `what` after `limit` seconds. The
+ * programs include libvchan.h before this header. */
+PROGS_FN void recv_exact(libvchan_t *c, void *buf, size_t n, double limit, const char *what)
+{
+	int r;
+
+	guard_start(what, limit);
+	r = libvchan_recv(c, buf, n);
+	guard_end();
+	if (r != (int)n)
+		die_errno("%s: recv(%zu) returned %d", what, n, r);
+}
+
 /* ---- the deterministic stream */
 
 #define STREAM_BLOCK 65536

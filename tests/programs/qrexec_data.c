@@ -45,16 +45,6 @@ enum { T_DATA = 0x190, T_EXIT = 0x193 };
 
 static double t_limit;
 
-static void recv_exact(libvchan_t *c, void *buf, size_t n, const char *what)
-{
-	int r;
-
-	guard_start(what, 2 * t_limit);
-	r = libvchan_recv(c, buf, n);
-	guard_end();
-	if (r != (int)n)
-		die_errno("%s: recv(%zu) returned %d", what, n, r);
-}
 
 static void send_hdr(libvchan_t *c, uint32_t type, uint32_t len, const char *what)
 {
@@ -253,7 +243,7 @@ static int endpoint(bool is_server, bool remote, int domain, int port)
 			unsigned char h[HDR];
 			struct hdr m;
 
-			recv_exact(c, h, HDR, "blocking recv of a header");
+			recv_exact(c, h, HDR, 2 * t_limit, "blocking recv of a header");
 			m = hdr_unpack(h);
 			if (exit_got)
 				die("a message (0x%x) after EXIT", m.type);
@@ -264,7 +254,7 @@ static int endpoint(bool is_server, bool remote, int domain, int port)
 					die("the local end sent EXIT");
 				if (m.len != 4)
 					die("EXIT message of length %u", m.len);
-				recv_exact(c, code, 4, "blocking recv of the exit code");
+				recv_exact(c, code, 4, 2 * t_limit, "blocking recv of the exit code");
 				if (!peer_eof)
 					die("EXIT before the remote's EOF");
 				exit_got = true;
@@ -284,7 +274,7 @@ static int endpoint(bool is_server, bool remote, int domain, int port)
 				out_closed = true;
 				continue;
 			}
-			recv_exact(c, outbuf, m.len, "blocking recv of a payload");
+			recv_exact(c, outbuf, m.len, 2 * t_limit, "blocking recv of a payload");
 			received += m.len;
 			out_off = 0;
 			out_len = m.len;

@@ -76,16 +76,6 @@ static const unsigned race_delay_us[4] = { 0, 3000, 15000, 40000 };
 static double t_limit; /* $VCHAN_TEST_TIMEOUT: qrexec's 10 s timeouts, scaled */
 static bool daemon_flavour;
 
-static void recv_exact(libvchan_t *c, void *buf, size_t n, const char *what)
-{
-	int r;
-
-	guard_start(what, 2 * t_limit);
-	r = libvchan_recv(c, buf, n);
-	guard_end();
-	if (r != (int)n)
-		die_errno("%s: recv(%zu) returned %d", what, n, r);
-}
 
 static void send_exact(libvchan_t *c, const void *buf, size_t n, const char *what)
 {
@@ -111,7 +101,7 @@ static void expect_hdr(libvchan_t *c, uint32_t type, uint32_t len, const char *w
 	unsigned char h[8];
 	struct hdr got;
 
-	recv_exact(c, h, sizeof(h), what);
+	recv_exact(c, h, sizeof(h), 2 * t_limit, what);
 	got = hdr_unpack(h);
 	if (got.type != type || got.len != len)
 		die("%s: got header (0x%x, %u), expected (0x%x, %u)", what, got.type, got.len, type,
@@ -306,7 +296,7 @@ static void client(bool async, int domain, int port, int rounds, const char *syn
 			usleep((unsigned)(scaled(CLIENT_PAUSE) * 1e6));
 		expect_hdr(c, T_PEER_INFO, (uint32_t)r, "blocking recv of the server's peer info");
 		expect_hdr(c, T_PREFIX, PREFIX_LEN, "blocking recv of the prefix header");
-		recv_exact(c, prefix, sizeof(prefix), "blocking recv of the prefix data");
+		recv_exact(c, prefix, sizeof(prefix), 2 * t_limit, "blocking recv of the prefix data");
 		st = stream_new((uint64_t)r + 1);
 		bad = stream_mismatch(st, 0, prefix, sizeof(prefix));
 		free(st);
