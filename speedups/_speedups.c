@@ -326,6 +326,180 @@ static PyObject *chan_send(Chan *self, PyObject *const *args, Py_ssize_t nargs)
 	return data_call(self, args, nargs, OP_SEND);
 }
 
+/* ------------------------------------------------------------- the Pythonic surface */
+
+/*
+ * api_readinto, api_recv, api_write, api_send, api_wait, api_data_ready: the methods of
+ * vchan.Vchan itself (channel.py), for a Vchan over this engine to bind in place of its
+ * own (Vchan.__init__). Same results and exceptions; what goes is the Python frame around
+ * every call, the largest cost a plain socket does not pay (bench/README.md). Errors are
+ * rare, so they take the Python route: the OSError the engine method would raise, given
+ * to vchan.exceptions.from_oserror.
+ */
+
+static PyObject *from_oserror; /* vchan.exceptions.from_oserror, imported on first use */
+
+/* The pending OSError as the Pythonic API raises it ("raise from_oserror(e) from None").
+ * Sets *eof (when given) instead if that is a ConnectionError: readinto's end of stream. */
+static PyObject *api_error(int *eof)
+{
+	PyObject *type, *value, *tb, *exc;
+
+	PyErr_Fetch(&type, &value, &tb);
+	PyErr_NormalizeException(&type, &value, &tb);
+	if (!value || !PyObject_TypeCheck(value, (PyTypeObject *)PyExc_OSError)) {
+		PyErr_Restore(type, value, tb);
+		return NULL;
+	}
+	Py_XDECREF(type);
+	Py_XDECREF(tb);
+	if (!from_oserror) {
+		PyObject *mod = PyImport_ImportModule("vchan.exceptions");
+
+		if (mod) {
+			from_oserror = PyObject_GetAttrString(mod, "from_oserror");
+			Py_DECREF(mod);
+		}
+		if (!from_oserror) {
+			Py_DECREF(value);
+			return NULL;
+		}
+	}
+	exc = PyObject_CallOneArg(from_oserror, value);
+	Py_DECREF(value);
+	if (!exc)
+		return NULL;
+	if (eof && PyObject_TypeCheck(exc, (PyTypeObject *)PyExc_ConnectionError)) {
+		Py_DECREF(exc);
+		*eof = 1;
+		return NULL;
+	}
+	PyException_SetCause(exc, NULL); /* "from None": also suppresses the context */
+	PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+	Py_DECREF(exc);
+	return NULL;
+}
+
+/* The Pythonic API's error for a channel closed before the call (as _closed()). */
+static PyObject *api_closed(void)
+{
+	PyErr_SetString(PyExc_ValueError, "I/O operation on closed vchan");
+	return NULL;
+}
+
+/* One data call on a buffer already taken: the count, or -1 with an exception set. */
+static int api_data(Chan *self, enum op op, void *buf, Py_ssize_t size)
+{
+	libvchan_t *h = self->h;
+	struct nogil g;
+	int r, err, raised;
+
+	if (!h) {
+		api_closed();
+		return -1;
+	}
+	vchan__ref(h);
+	nogil_begin(&g);
+	r = do_op(op, h, buf, (size_t)size);
+	err = errno;
+	raised = nogil_end(&g);
+	vchan__unref(h);
+	if (raised)
+		return -1; /* a signal handler's exception, as it is */
+	if (r < 0) {
+		raise_call(err, op, size);
+		return -1;
+	}
+	return r;
+}
+
+static PyObject *chan_api_readinto(Chan *self, PyObject *arg)
+{
+	Py_buffer view;
+	int n, eof = 0;
+
+	if (get_buffer(arg, &view, true, "readinto") < 0)
+		return NULL;
+	n = view.len ? api_data(self, OP_READ, view.buf, view.len) : 0;
+	if (n == 0 && view.len) {
+		PyBuffer_Release(&view);
+		PyErr_SetString(PyExc_BlockingIOError, "no data ready on the vchan");
+		return NULL;
+	}
+	PyBuffer_Release(&view);
+	if (n < 0) {
+		if (PyErr_ExceptionMatches(PyExc_OSError) && !api_error(&eof) && eof)
+			return PyLong_FromLong(0); /* the peer is gone and nothing is left */
+		return NULL;
+	}
+	return PyLong_FromLong(n);
+}
+
+static PyObject *chan_api_recv(Chan *self, PyObject *arg)
+{
+	Py_ssize_t size = PyNumber_AsSsize_t(arg, PyExc_OverflowError);
+	PyObject *out;
+	int n;
+
+	if (size == -1 && PyErr_Occurred())
+		return NULL;
+	if (size < 0) {
+		PyErr_SetString(PyExc_ValueError, "recv size must not be negative");
+		return NULL;
+	}
+	out = PyBytes_FromStringAndSize(NULL, size);
+	if (!out || size == 0)
+		return out;
+	n = api_data(self, OP_RECV, PyBytes_AS_STRING(out), size);
+	if (n <= 0) {
+		Py_DECREF(out);
+		if (n == 0)
+			PyErr_Format(PyExc_BlockingIOError,
+				     "fewer than %zd bytes ready on the vchan", size);
+		else if (PyErr_ExceptionMatches(PyExc_OSError))
+			api_error(NULL);
+		return NULL;
+	}
+	return out;
+}
+
+/* api_write and api_send: the count (write) or None (send). */
+static PyObject *api_put(Chan *self, PyObject *arg, enum op op)
+{
+	Py_buffer view;
+	int n;
+
+	if (get_buffer(arg, &view, false, op_name[op]) < 0)
+		return NULL;
+	n = view.len ? api_data(self, op, view.buf, view.len) : 0;
+	if (n == 0 && view.len) {
+		PyBuffer_Release(&view);
+		PyErr_SetString(PyExc_BlockingIOError, op == OP_SEND
+				? "not enough buffer space on the vchan"
+				: "no buffer space on the vchan");
+		return NULL;
+	}
+	PyBuffer_Release(&view);
+	if (n < 0) {
+		if (PyErr_ExceptionMatches(PyExc_OSError))
+			api_error(NULL);
+		return NULL;
+	}
+	if (op == OP_SEND)
+		Py_RETURN_NONE;
+	return PyLong_FromLong(n);
+}
+
+static PyObject *chan_api_write(Chan *self, PyObject *arg)
+{
+	return api_put(self, arg, OP_WRITE);
+}
+
+static PyObject *chan_api_send(Chan *self, PyObject *arg)
+{
+	return api_put(self, arg, OP_SEND);
+}
+
 /* -------------------------------------------------------------- state, notification */
 
 static PyObject *chan_wait(Chan *self, PyObject *Py_UNUSED(ignored))
@@ -379,6 +553,34 @@ static PyObject *chan_data_ready(Chan *self, PyObject *Py_UNUSED(ignored))
 static PyObject *chan_buffer_space(Chan *self, PyObject *Py_UNUSED(ignored))
 {
 	return int_call(self, libvchan_buffer_space);
+}
+
+static PyObject *chan_api_wait(Chan *self, PyObject *Py_UNUSED(ignored))
+{
+	PyObject *r;
+
+	if (!self->h)
+		return api_closed();
+	r = chan_wait(self, NULL);
+	if (!r) {
+		if (PyErr_ExceptionMatches(PyExc_OSError))
+			api_error(NULL);
+		return NULL;
+	}
+	Py_DECREF(r);
+	Py_RETURN_NONE;
+}
+
+static PyObject *chan_api_data_ready(Chan *self, PyObject *Py_UNUSED(ignored))
+{
+	PyObject *r;
+
+	if (!self->h)
+		return api_closed();
+	r = int_call(self, libvchan_data_ready);
+	if (!r && PyErr_ExceptionMatches(PyExc_OSError))
+		api_error(NULL);
+	return r;
 }
 
 static PyObject *chan_set_blocking(Chan *self, PyObject *arg)
@@ -732,6 +934,15 @@ static PyMethodDef chan_methods[] = {
 	  "fileno()\n--\n\nThe select fd (libvchan_fd_for_select)." },
 	{ "close", (PyCFunction)chan_close, METH_NOARGS,
 	  "close()\n--\n\nClose the channel; calls blocked in other threads raise EBADF." },
+	{ "api_readinto", (PyCFunction)chan_api_readinto, METH_O,
+	  "api_readinto(buf)\n--\n\nVchan.readinto (the Pythonic API's own method)." },
+	{ "api_recv", (PyCFunction)chan_api_recv, METH_O,
+	  "api_recv(size)\n--\n\nVchan.recv: exactly size bytes, as bytes." },
+	{ "api_write", (PyCFunction)chan_api_write, METH_O, "api_write(data)\n--\n\nVchan.write." },
+	{ "api_send", (PyCFunction)chan_api_send, METH_O, "api_send(data)\n--\n\nVchan.send." },
+	{ "api_wait", (PyCFunction)chan_api_wait, METH_NOARGS, "api_wait()\n--\n\nVchan.wait." },
+	{ "api_data_ready", (PyCFunction)chan_api_data_ready, METH_NOARGS,
+	  "api_data_ready()\n--\n\nVchan.data_ready." },
 	{ NULL, NULL, 0, NULL },
 };
 

@@ -660,6 +660,90 @@ def test_vchan_over_speedups_takes_any_buffer(sockdir, port):
         assert srv.recv(4) == array.array("h", [7, 8]).tobytes()
 
 
+def _hot_calls_transcript(port: int, backend: str) -> list[object]:
+    """Every outcome of the Vchan methods the compiled engine binds (channel._HOT): values,
+    and exceptions as (type, message, cause, suppressed context)."""
+    out: list[object] = []
+
+    def do(call: Callable[[], object]) -> None:
+        try:
+            out.append(call())
+        except TypeError:  # the engines word a wrong buffer type each their own way
+            out.append(TypeError)
+        except Exception as exc:
+            out.append((type(exc), str(exc), exc.__cause__, exc.__suppress_context__))
+
+    srv = vchan.server(0, port, 4096, 4096, backend=backend)
+    cli = vchan.client(0, port, timeout=TIMEOUT, backend=backend)
+    if backend == "speedups":
+        assert vars(srv)["recv"] == srv._endpoint().api_recv  # bound over the methods
+    else:
+        assert "recv" not in vars(srv)
+    buf = bytearray(8)
+    do(lambda: cli.send(b"hello"))
+    do(lambda: cli.write(memoryview(b"--abc--")[2:5]))
+    do(srv.wait)
+    do(srv.data_ready)
+    do(lambda: srv.recv(2))
+    do(lambda: srv.readinto(buf))
+    do(lambda: bytes(buf))
+    do(lambda: srv.recv(0))
+    do(lambda: srv.readinto(bytearray()))
+    do(lambda: srv.write(b""))
+    do(lambda: srv.send(b""))
+    do(lambda: srv.recv(-1))
+    do(lambda: srv.recv(5000))  # more than the read ring: MessageTooLong
+    do(lambda: srv.send(bytes(5000)))
+    do(lambda: srv.readinto(b"read-only"))
+    srv.set_blocking(False)
+    do(lambda: srv.recv(1))
+    do(lambda: srv.readinto(buf))
+    do(lambda: srv.send(bytes(4096)))
+    do(lambda: srv.send(b"x"))  # the ring is full
+    do(lambda: srv.write(b"x"))
+    cli.close()
+    wait_until(lambda: srv.state == vchan.State.DISCONNECTED)
+    do(lambda: srv.readinto(buf))  # the end of the stream: 0
+    do(lambda: srv.recv(1))
+    do(lambda: srv.send(b"x"))
+    do(lambda: srv.write(b"x"))
+    do(srv.data_ready)
+    srv.close()
+    for call in (srv.wait, srv.data_ready, lambda: srv.recv(1), lambda: srv.readinto(buf)):
+        do(call)
+    do(lambda: srv.send(b"x"))
+    do(lambda: srv.write(b"x"))
+    do(lambda: srv.recv(0))
+    return out
+
+
+def test_bound_hot_methods_behave_as_the_pythonic_api(sockdir, port):
+    pure = _hot_calls_transcript(port, "python")
+    compiled = _hot_calls_transcript(port + 1, "speedups")
+    for i, (a, b) in enumerate(zip(pure, compiled, strict=True)):
+        assert a == b, (i, a, b)
+
+
+def test_a_vchan_subclass_keeps_its_own_methods(sockdir, port):
+    class Counting(vchan.Vchan):
+        calls = 0
+
+        def recv(self, size: int) -> bytes:
+            Counting.calls += 1
+            return super().recv(size)
+
+    srv = vchan.server(0, port, backend="speedups")
+    try:
+        ch = Counting(srv._endpoint())
+        assert "recv" not in vars(ch)
+        ch.set_blocking(False)
+        with pytest.raises(BlockingIOError):
+            ch.recv(1)
+        assert Counting.calls == 1
+    finally:
+        srv.close()
+
+
 # -------------------------------------------------------------- engine surface and choice
 
 

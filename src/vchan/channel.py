@@ -42,6 +42,11 @@ class Vchan:
         self.read_ring = endpoint.read_ring if read_ring is None else read_ring
         #: Size of the write ring, when the backend knows it.
         self.write_ring = endpoint.write_ring if write_ring is None else write_ring
+        if type(self) is Vchan and hasattr(endpoint, "api_recv"):
+            # The compiled engine implements the hot methods of this class itself (same
+            # results and exceptions): bound here, they shadow the methods below and save
+            # the Python frame a plain socket does not pay. A subclass keeps its own.
+            vars(self).update({name: getattr(endpoint, "api_" + name) for name in _HOT})
 
     def _endpoint(self) -> Endpoint:
         ep = self._ep
@@ -248,6 +253,10 @@ class Vchan:
         except (OSError, ValueError):
             state = "?"
         return f"<Vchan fd={self.fileno()} {state}>"
+
+
+#: The methods the compiled engine provides as ``api_<name>``.
+_HOT = ("readinto", "recv", "write", "send", "wait", "data_ready")
 
 
 def _closed() -> ValueError:
