@@ -42,8 +42,7 @@ import anyio.abc
 import anyio.lowlevel
 from anyio import TypedAttributeSet, typed_attribute
 
-from vchan import _backend
-from vchan.channel import State, Vchan, endpoint_of
+from vchan.channel import State, Vchan, client_with, endpoint_of
 from vchan.channel import server as _server
 from vchan.exceptions import Disconnected, from_oserror
 
@@ -343,21 +342,7 @@ async def _connected_client(
     domain: int, port: int, allow_any_uid: bool | None, backend: str | None
 ) -> Vchan:
     await anyio.lowlevel.checkpoint()
-    try:
-        pending = _backend.start_client(domain, port, allow_any_uid=allow_any_uid, backend=backend)
-    except OSError as exc:
-        raise from_oserror(exc) from None
-    try:
-        while pending.finish(False) != 0:
-            await anyio.wait_readable(pending.fileno())
-    except OSError as exc:
-        pending.close()
-        raise from_oserror(exc) from None
-    except BaseException:
-        pending.close()  # cancelled (or timed out): abandon the attempt
-        raise
-    endpoint = pending.endpoint()
-    return Vchan(endpoint)
+    return await client_with(anyio.wait_readable, domain, port, allow_any_uid, backend)
 
 
 async def _until_connected(vc: Vchan) -> None:

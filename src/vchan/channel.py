@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 
 from . import _backend
@@ -306,6 +307,32 @@ def client(
     except OSError as exc:
         raise from_oserror(exc) from None
     return Vchan(endpoint)
+
+
+async def client_with(
+    readable: Callable[[int], Awaitable[object]],
+    domain: int,
+    port: int,
+    allow_any_uid: bool | None,
+    backend: str | None,
+) -> Vchan:
+    """:func:`client` for an event loop: ``await readable(fd)`` sleeps until ``fd`` is
+    readable (asyncio's reader callback, anyio's ``wait_readable``). Cancelled, it abandons
+    the attempt. For :mod:`vchan.asyncio` and :mod:`vchan.anyio`; not a public name."""
+    try:
+        pending = _backend.start_client(domain, port, allow_any_uid=allow_any_uid, backend=backend)
+    except OSError as exc:
+        raise from_oserror(exc) from None
+    try:
+        while pending.finish(False) != 0:
+            await readable(pending.fileno())
+    except OSError as exc:
+        pending.close()
+        raise from_oserror(exc) from None
+    except BaseException:
+        pending.close()  # cancelled (or timed out): abandon the attempt
+        raise
+    return Vchan(pending.endpoint())
 
 
 def endpoint_of(vc: Vchan) -> Endpoint:
