@@ -1,6 +1,6 @@
 """docs/SPEC.md and its tests: the copy says what the reference says, every MUST has a
 stable ID, every ID is proven by a test marked ``@pytest.mark.spec("ID")``, and every
-marker names an ID that exists.
+marker names an ID that exists; and every test docs/faults.md (the fault table) names exists.
 
 The IDs and markers are read by docs/_ext/spec_ids.py (shared with the docs' MUST -> tests
 table): from the Markdown, and from the test modules' source with :mod:`ast`, so nothing
@@ -10,6 +10,7 @@ here imports or runs the suite. How to add a rule and its test: CONTRIBUTING.md.
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import re
 import sys
 import tomllib
@@ -148,3 +149,60 @@ def test_reader_of_markers_finds_every_form(tmp_path: Path) -> None:
         ("P-ONE", "test_p"),
     ]
     assert len(problems) == 2 and "string literals" in problems[0] and "lower-case" in problems[1]
+
+
+# ------------------------------------------------------------------ the fault table
+
+
+def _fault_table_references() -> list[str]:
+    """The backticked references of docs/faults.md's "proved by" column."""
+    refs = []
+    for line in (REPO / "docs" / "faults.md").read_text(encoding="utf-8").splitlines():
+        cells = line.split(" | ")
+        if line.startswith("| ") and len(cells) >= 3 and "proved by" not in line:
+            refs += re.findall(r"`([^`]+)`", cells[-1])
+    return refs
+
+
+def _test_names(path: Path) -> set[str]:
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return {
+        node.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name.startswith("test")
+    }
+
+
+def test_every_test_the_fault_table_names_exists() -> None:
+    """A row of docs/faults.md names tests/reliability/FILE, FILE::test_name (``*`` for a
+    family), a path from the repository's root, or, after a FILE, ``…::test_name`` or
+    ``…_suffix`` for another test of that file."""
+    refs = _fault_table_references()
+    assert len(refs) > 20, "the table's last column is no longer found"
+    base = REPO / "tests" / "reliability"
+    current: Path | None = None
+    missing = []
+    for ref in refs:
+        if ref.startswith("tests/"):
+            if not (REPO / ref).exists():
+                missing.append(ref)
+            continue
+        if ref.startswith("…"):
+            assert current is not None, ref
+            names = _test_names(current)
+            tail = ref[1:]
+            found = (
+                tail[2:] in names if tail.startswith("::") else any(n.endswith(tail) for n in names)
+            )
+            if not found:
+                missing.append(f"{current.name}: {ref}")
+            continue
+        file, _, name = ref.partition("::")
+        current = base / file
+        if not current.is_file():
+            missing.append(ref)
+        elif name and not fnmatch.filter(_test_names(current), name):
+            missing.append(ref)
+    assert not missing, f"docs/faults.md names tests that do not exist: {missing}"
