@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import tomllib
+
+import pytest
 
 import vchan
 from tests.conftest import REPO
@@ -42,3 +46,15 @@ def test_c_makefile_reads_it() -> None:
     makefile = (REPO / "libvchan-socket/Makefile").read_text(encoding="utf-8")
     assert re.search(r"^VERSION := \$\(shell cat .*\.\./version", makefile, re.M)
     assert not re.search(r"^VERSION\s*:?=\s*\d", makefile, re.M)
+
+
+def test_layers_are_imported_on_first_use() -> None:
+    """``import vchan`` alone loads neither event-loop layer; naming one imports it."""
+    code = (
+        "import sys, vchan\n"
+        "assert 'vchan.asyncio' not in sys.modules and 'vchan.anyio' not in sys.modules\n"
+        "assert vchan.asyncio.open_client and vchan.anyio.connect\n"
+        "assert 'vchan.asyncio' in sys.modules and 'vchan.anyio' in sys.modules\n"
+    )
+    pytest.importorskip("anyio")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

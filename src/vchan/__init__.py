@@ -28,16 +28,17 @@ __version__: str
 
 
 def __getattr__(name: str) -> object:
-    """``vchan.asyncio`` is imported on first use (``import vchan.asyncio`` also works), and
+    """``vchan.asyncio`` and ``vchan.anyio`` are imported on first use (``import
+    vchan.asyncio`` also works; ``vchan.anyio`` needs the ``anyio`` extra), and
     ``__version__`` is read on first use."""
     if name == "__version__":
         from ._version import version
 
         return version()
-    if name == "asyncio":
+    if name in ("asyncio", "anyio"):
         import importlib
 
-        return importlib.import_module(".asyncio", __name__)
+        return importlib.import_module("." + name, __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
