@@ -16,8 +16,10 @@ Notification (§5) is modelled as Xen's request bits. A consumption event is owe
 this end asked (``buffer_space()``, a non-blocking write returning less than asked, a
 non-blocking send returning 0) and the peer then surely consumed after the request: the
 peer may hold up to its read ring of our bytes in user space (a stash) that it took from
-the kernel before the request, so the model counts a consumption as certain once the peer
-has read more than that many bytes past the request. An owed event must keep the fd
+the kernel before the request; and the kernel frees space (the event, as with Xen's ring)
+only when one of our skbs has been read to its end, an skb holding at most ``SKB_MAX``
+bytes. So the model counts a consumption as certain once the peer has read more than read
+ring + ``SKB_MAX`` bytes past the request. An owed event must keep the fd
 readable until a ``wait()``; a ``wait()`` forgets any request (it may have fired unseen).
 Once the fd has polled readable, the next ``wait()`` must return at once, whatever calls
 were made in between. Unasked consumption must not wake us, but spurious readiness is
@@ -61,6 +63,9 @@ from tests.conftest import (
 from tests.reliability import _stream
 
 CLIENT_RING = 65536
+# Linux's unix_stream_sendmsg() puts at most SKB_MAX_HEAD(0) + UNIX_SKB_FRAGS_SZ (< 4 KiB +
+# 32 KiB) bytes in one skb; a read that stops inside an skb frees none of its space.
+SKB_MAX = 4096 + 32768
 MINS = [0, 1024, 2048, 4096, 5000, 65536]
 PROMPT = scaled(1.0)
 CALL_TIMEOUT = scaled(5.0)
@@ -115,7 +120,8 @@ class ChannelMachine(RuleBasedStateMachine):
         self.ready: list[int | None] = [None, None]  # last data_ready(e), still valid
         self.seen: list[int | None] = [None, None]  # arrivals at e known at its last wait()
         # §5 requests: e asked to be told of consumption; it is certain once the peer has
-        # read e's stream past this offset (got[e] at the request + the peer's read ring).
+        # read e's stream past this offset (got[e] at the request + the peer's read ring,
+        # which it may have taken from the kernel before, + one skb it must finish).
         self.request: list[int | None] = [None, None]
         self.owed = [False, False]  # a requested consumption happened; wait() not yet called
         self.polled = [False, False]  # the fd polled readable since e's last wait()
@@ -150,7 +156,7 @@ class ChannelMachine(RuleBasedStateMachine):
     def ask(self, e: int) -> None:
         """e requested a consumption event (buffer_space() or a short write)."""
         if self.request[e] is None and not self.gone(e):
-            self.request[e] = self.got[e] + self.read_ring[1 - e]
+            self.request[e] = self.got[e] + self.read_ring[1 - e] + SKB_MAX
 
     def consumed(self, e: int) -> None:
         """The peer read more of e's stream: a pending request may now surely have fired."""
