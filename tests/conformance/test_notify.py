@@ -348,6 +348,24 @@ def test_must_no_lost_wakeup_space_after_buffer_space_returned(api, sockdir):
 
 
 @pytest.mark.spec("NOTIFY-NO-MISSED-EVENT")
+def test_must_requested_consumption_wakes_when_a_write_read_in_parts_is_finished(api, sockdir):
+    """The peer reads one write in three parts: the part that finishes it wakes the writer.
+
+    (A read that stops inside the write frees no space yet: see DESIGN.md, Notification.)
+    """
+    srv, cli = connected_pair(api)
+    settle(api, srv)
+    settle(api, cli)
+    assert api.libvchan_buffer_space(cli) > 1026  # asks to be told of consumption
+    data = pattern(1026)
+    assert api.libvchan_write(cli, data, len(data)) == len(data)
+    got = read_exact(api, srv, 171) + read_exact(api, srv, 854) + read_exact(api, srv, 1)
+    assert got == data
+    assert fd_readable(_fd(api, cli), TIMEOUT), "asked, peer finished the write, not woken"
+    assert bounded(api.libvchan_wait, cli) == 0
+
+
+@pytest.mark.spec("NOTIFY-NO-MISSED-EVENT")
 def test_must_no_lost_wakeup_concurrent_waiter(api, sockdir):
     """A thread in the classic loop (data_ready, else wait) always sees every message."""
     srv, cli = connected_pair(api)
